@@ -1,0 +1,70 @@
+"""What the controller needs from its parts, as ``typing.Protocol`` classes.
+
+boed never imports an implementation: samplers (generative/) and classifiers (classifiers/) meet
+the controller here, so tests can plug in an exact toy sampler and a Bayes classifier.
+
+Conventions (see docs/ARCHITECTURE.md): images and masks are float32 ``(B, 1, H, W)``; masks are
+1 where observed; ``observed = image * mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # keep `import boed` free of torch
+    import torch
+
+
+class Completions(NamedTuple):
+    """N completions per image.
+
+    Attributes:
+        images: ``(N, B, 1, H, W)`` completed images; observed pixels equal the input exactly.
+        log_weights: optional ``(N, B)`` unnormalised importance log-weights (retrieval or
+            importance-sampling samplers); ``None`` means equally weighted.
+    """
+
+    images: torch.Tensor
+    log_weights: torch.Tensor | None = None
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A generative inpainting model: draws completions of partially observed images."""
+
+    name: str
+    image_size: int
+
+    def sample(
+        self,
+        observed: torch.Tensor,
+        mask: torch.Tensor,
+        n: int,
+        generator: torch.Generator | None = None,
+    ) -> Completions:
+        """Draw ``n`` completions of each of the ``B`` images ``observed`` ``(B, 1, H, W)``."""
+        ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """g(v | x*m, m): probabilities of each label from a partial observation."""
+
+    labels: Sequence[str]
+    image_size: int
+
+    def predict(self, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Return probabilities ``(B, L)`` for ``observed`` and ``mask`` ``(B, 1, H, W)``."""
+        ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Chooses the next scan location from the state of a session."""
+
+    name: str
+
+    def choose(self, state: Any) -> int:
+        """Return the index of the chosen candidate location (into the candidate grid)."""
+        ...

@@ -1,0 +1,1 @@
+"""Runtime helpers shared by every trainable part: checkpoints, devices, distributed, training loop."""
