@@ -88,12 +88,13 @@ def train(
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
         skip_threshold: skip the update when the (pre-clip) gradient norm exceeds it.
         ema, ema_model: update ``ema`` from ``ema_model`` after every applied update.
-        batch_size: how many images a batch holds (for throughput); default ``len(batch[0])``.
+        batch_size: how many images a batch holds (for throughput); default: the leading size
+            of its first tensor.
     """
     params = [p for p in params if p.requires_grad]
     state = state or TrainState()
     callbacks = list(callbacks)
-    count = batch_size or (lambda b: len(b[0]) if isinstance(b, (tuple, list)) else len(b))
+    count = batch_size or _batch_len
     while state.step < steps:
         t0 = time.perf_counter()
         batch = next(batches)
@@ -138,6 +139,13 @@ def train(
         for cb in callbacks:
             cb(state, state.last)
     return state
+
+
+def _batch_len(batch: Any) -> int:
+    """Images in a batch: the leading size of its first tensor (dict, tuple or tensor batches)."""
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch
+    first = first[0] if isinstance(first, (tuple, list)) else first
+    return len(first) if hasattr(first, "__len__") else 1
 
 
 def endless(loader: Iterable[Any]) -> Iterator[Any]:
