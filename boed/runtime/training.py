@@ -130,7 +130,7 @@ def train(
         state.images_seen += count(batch)
         dt = time.perf_counter() - t0
         state.seconds += dt
-        state.last = {k: float(v) for k, v in stats.items()} | {
+        state.last = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in stats.items()} | {
             "grad_norm": grad_norm,
             "skipped": float(state.skipped),
             "img_per_s": count(batch) / max(dt, 1e-9),
