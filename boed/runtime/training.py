@@ -115,7 +115,7 @@ def train(
             state.consecutive_skips += 1
             if state.consecutive_skips >= max_consecutive_skips:
                 raise TrainingError(
-                    f"{state.consecutive_skips} updates in a row were skipped (last loss {float(loss):.4g}, "
+                    f"{state.consecutive_skips} updates in a row were skipped (last loss {float(loss.detach()):.4g}, "
                     f"grad norm {grad_norm:.4g}, skip threshold {skip_threshold}): lower the learning rate "
                     "or raise the skip threshold"
                 )
