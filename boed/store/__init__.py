@@ -1,0 +1,14 @@
+"""The session store: every run, session, scan and prediction of ``boed simulate`` in SQL.
+
+    from boed.store import Store
+    store = Store.open()                    # runs/boed.db, or any SQLAlchemy URL
+    df = store.predictions(label="Any")     # long format, one row per (session, step, label)
+
+The write path is used by the simulation; the read API returns pandas DataFrames for research
+scripts. The schema and an example analysis are in docs/store.md.
+"""
+
+from boed.store.errors import StoreError
+from boed.store.store import RunRecord, SessionRecord, Store
+
+__all__ = ["RunRecord", "SessionRecord", "Store", "StoreError"]
