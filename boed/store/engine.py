@@ -45,9 +45,11 @@ def describe(url: URL) -> str:
 
 
 def _is_sqlite_file(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not (
-        url.database or ""
-    ).startswith("file:")
+    return (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not (url.database or "").startswith("file:")
+    )
 
 
 def make_engine(url: str | os.PathLike | None = None) -> Engine:

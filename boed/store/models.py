@@ -62,7 +62,7 @@ class Run(Base):
     dataset: Mapped[dict[str, Any]] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(BigInteger)
     labels: Mapped[list[str]] = mapped_column(JSON)
-    timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class Session(Base):
@@ -88,15 +88,13 @@ class Step(Base):
 
     __tablename__ = "steps"
 
-    session_id: Mapped[int] = mapped_column(
-        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
-    )
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     row: Mapped[int | None] = mapped_column(Integer)  # top-left pixel of the scanned patch
     col: Mapped[int | None] = mapped_column(Integer)
     candidate: Mapped[int | None] = mapped_column(Integer)  # index into the candidate grid
     eig: Mapped[float | None] = mapped_column(Float)  # EIG at the chosen location
-    eig_map: Mapped[list[list[float | None]] | None] = mapped_column(JSON)  # (G, G) grid
+    eig_map: Mapped[list[list[float | None]] | None] = mapped_column(JSON(none_as_null=True))  # (G, G) grid
     seconds: Mapped[float] = mapped_column(Float)
 
 
@@ -105,9 +103,7 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["session_id", "step"], ["steps.session_id", "steps.step"], ondelete="CASCADE"
-        ),
+        ForeignKeyConstraint(["session_id", "step"], ["steps.session_id", "steps.step"], ondelete="CASCADE"),
     )
 
     session_id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -122,9 +118,7 @@ class Array(Base):
 
     __tablename__ = "arrays"
 
-    session_id: Mapped[int] = mapped_column(
-        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
-    )
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     dtype: Mapped[str] = mapped_column(String(16))  # numpy dtype string, e.g. "<f2"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
 from boed.store.engine import READ_OPTIONS, describe, make_engine
@@ -500,7 +500,182 @@ class Store:
             out[(step, name)] = np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
         return out
 
+    # ---------------------------------------------------------------- read API (DataFrames)
+    def runs(self) -> pd.DataFrame:
+        """One row per run, oldest first: ``run_id, created_at, finished_at, status, sampler,
+        sampler_sha256, classifier, classifier_sha256, seed, code_version, n_sessions, n_done,
+        n_failed`` (timestamps UTC). Full configs: :meth:`get_run`."""
+        counts = (
+            select(
+                Session.run_id,
+                func.count().label("n_sessions"),
+                func.sum(case((Session.status == "done", 1), else_=0)).label("n_done"),
+                func.sum(case((Session.status == "failed", 1), else_=0)).label("n_failed"),
+            )
+            .group_by(Session.run_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                Run.run_id,
+                Run.created_at,
+                Run.finished_at,
+                Run.status,
+                Run.sampler,
+                Run.sampler_sha256,
+                Run.classifier,
+                Run.classifier_sha256,
+                Run.seed,
+                Run.code_version,
+                func.coalesce(counts.c.n_sessions, 0).label("n_sessions"),
+                func.coalesce(counts.c.n_done, 0).label("n_done"),
+                func.coalesce(counts.c.n_failed, 0).label("n_failed"),
+            )
+            .outerjoin(counts, counts.c.run_id == Run.run_id)
+            .order_by(Run.created_at, Run.run_id)
+        )
+        with self._read() as conn:
+            df = self._frame(conn, stmt)
+        return _tidy(
+            df, ints=("seed", "n_sessions", "n_done", "n_failed"), times=("created_at", "finished_at")
+        )
+
+    def sessions(self, run_id: str | None = None) -> pd.DataFrame:
+        """One row per session (every status): ``session_id, run_id, image_id, image_index,
+        policy, status, error, started_at, ended_at, n_steps, seconds, true_labels`` (a list in
+        the run's label order, NaN = unknown). ``run_id=None``: every run."""
+        per_session = (
+            select(
+                Step.session_id,
+                func.count().label("n_steps"),
+                func.sum(Step.seconds).label("seconds"),
+            )
+            .group_by(Step.session_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                Session.id.label("session_id"),
+                Session.run_id,
+                Session.image_id,
+                Session.image_index,
+                Session.policy,
+                Session.status,
+                Session.error,
+                Session.started_at,
+                Session.ended_at,
+                func.coalesce(per_session.c.n_steps, 0).label("n_steps"),
+                func.coalesce(per_session.c.seconds, 0.0).label("seconds"),
+                Session.true_labels,
+            )
+            .outerjoin(per_session, per_session.c.session_id == Session.id)
+            .order_by(Session.id)
+        )
+        with self._read() as conn:
+            if run_id is not None:
+                self._check_run(conn, run_id)
+                stmt = stmt.where(Session.run_id == run_id)
+            df = self._frame(conn, stmt)
+        truth = [[math.nan if v is None else float(v) for v in t] for t in df["true_labels"]]
+        df["true_labels"] = pd.Series(truth, index=df.index, dtype=object)
+        return _tidy(
+            df,
+            ints=("session_id", "image_index", "n_steps"),
+            floats=("seconds",),
+            times=("started_at", "ended_at"),
+        )
+
+    def steps(
+        self, run_id: str | None = None, *, status: str | None = "done", eig_map: bool = False
+    ) -> pd.DataFrame:
+        """One row per step: ``run_id, session_id, policy, image_id, step, row, col, candidate,
+        eig, seconds`` (+ ``eig_map`` as nested lists with ``eig_map=True``). Step 0 has no scan
+        (row/col/candidate/eig missing). Only sessions with ``status`` (default ``done``; None = all)."""
+        columns = [
+            Session.run_id,
+            Step.session_id,
+            Session.policy,
+            Session.image_id,
+            Step.step,
+            Step.row,
+            Step.col,
+            Step.candidate,
+            Step.eig,
+            Step.seconds,
+        ]
+        if eig_map:
+            columns.append(Step.eig_map)
+        stmt = (
+            select(*columns).join(Session, Session.id == Step.session_id).order_by(Step.session_id, Step.step)
+        )
+        with self._read() as conn:
+            stmt = self._filter(conn, stmt, run_id, status)
+            df = self._frame(conn, stmt)
+        return _tidy(
+            df,
+            ints=("session_id", "step"),
+            nullable_ints=("row", "col", "candidate"),
+            floats=("eig", "seconds"),
+        )
+
+    def predictions(
+        self, run_id: str | None = None, label: str | None = None, *, status: str | None = "done"
+    ) -> pd.DataFrame:
+        """The long table: one row per (session, step, label): ``run_id, session_id, policy,
+        image_id, step, label, prob, truth`` (truth NaN = unknown). ``label`` keeps one label;
+        only sessions with ``status`` (default ``done``; None = all)."""
+        stmt = (
+            select(
+                Session.run_id,
+                Prediction.session_id,
+                Session.policy,
+                Session.image_id,
+                Prediction.step,
+                Prediction.label,
+                Prediction.prob,
+                Prediction.truth,
+            )
+            .join(Session, Session.id == Prediction.session_id)
+            .order_by(Prediction.session_id, Prediction.step, Prediction.label)
+        )
+        with self._read() as conn:
+            stmt = self._filter(conn, stmt, run_id, status)
+            if label is not None:
+                self._check_label(conn, run_id, label)
+                stmt = stmt.where(Prediction.label == label)
+            df = self._frame(conn, stmt)
+        return _tidy(df, ints=("session_id", "step"), floats=("prob", "truth"))
+
     # ---------------------------------------------------------------- helpers
+    def _check_run(self, conn: Connection, run_id: str) -> None:
+        if conn.scalar(select(Run.run_id).where(Run.run_id == run_id)) is None:
+            raise self._unknown_run(conn, run_id)
+
+    def _filter(self, conn: Connection, stmt, run_id: str | None, status: str | None):
+        if run_id is not None:
+            self._check_run(conn, run_id)
+            stmt = stmt.where(Session.run_id == run_id)
+        if status is not None:
+            if status not in SESSION_STATUSES:
+                raise StoreError(f"unknown session status {status!r}; valid: {', '.join(SESSION_STATUSES)}")
+            stmt = stmt.where(Session.status == status)
+        return stmt
+
+    def _check_label(self, conn: Connection, run_id: str | None, label: str) -> None:
+        stmt = select(Run.labels)
+        if run_id is not None:
+            stmt = stmt.where(Run.run_id == run_id)
+        known: list[str] = []
+        for labels in conn.scalars(stmt):
+            known += [name for name in labels if name not in known]
+        if label not in known:
+            raise StoreError(f"unknown label {label!r}; valid: {', '.join(known) or '(no runs)'}")
+
+    @staticmethod
+    def _frame(conn: Connection, stmt) -> pd.DataFrame:
+        result = conn.execute(stmt)
+        return pd.DataFrame(result.all(), columns=list(result.keys()))
+
     def _run_labels(self, s: OrmSession, run_id: str) -> list[str]:
         labels = s.scalar(select(Run.labels).where(Run.run_id == run_id))
         if labels is None:
@@ -512,3 +687,27 @@ class Store:
         recent = list(conn.scalars(select(Run.run_id).order_by(Run.created_at.desc()).limit(5)))
         hint = f"; recent runs: {', '.join(recent)}" if recent else "; the store has no runs"
         return StoreError(f"unknown run id {run_id!r}{hint}")
+
+
+def _tidy(
+    df: pd.DataFrame,
+    *,
+    ints: Sequence[str] = (),
+    nullable_ints: Sequence[str] = (),
+    floats: Sequence[str] = (),
+    times: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The same dtypes on every backend and for empty results: int64, Int64 (nullable),
+    float64 (NaN for NULL), UTC timestamps, and pandas' string dtype for text."""
+    for name in df.columns:
+        if name in ints:
+            df[name] = df[name].astype("int64")
+        elif name in nullable_ints:
+            df[name] = df[name].astype("Int64")
+        elif name in floats:
+            df[name] = pd.to_numeric(df[name], errors="coerce").astype("float64")
+        elif name in times:
+            df[name] = pd.to_datetime(df[name], utc=True)
+        elif df[name].dtype == object and all(isinstance(v, str) or v is None for v in df[name]):
+            df[name] = df[name].astype("str")
+    return df
