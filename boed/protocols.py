@@ -61,9 +61,14 @@ class Classifier(Protocol):
 
 @runtime_checkable
 class Policy(Protocol):
-    """Chooses the next scan location from the state of a session."""
+    """Chooses the next scan location from the state of a session (see ``boed.policies``).
+
+    ``needs_eig``: whether the session must estimate the EIG map (Eq. 17) before ``choose``;
+    ``state`` is a ``boed.policies.DecisionState``.
+    """
 
     name: str
+    needs_eig: bool
 
     def choose(self, state: Any) -> int:
         """Return the index of the chosen candidate location (into the candidate grid)."""

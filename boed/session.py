@@ -1,0 +1,199 @@
+"""One scan session: choose, scan, predict, log; repeated for a number of scans.
+
+The loop of docs/ARCHITECTURE.md (and §5 of 001_acb47c175b470c6b.txt)::
+
+    m = 0;  p_0 = g(v | x*m, m)                               step 0, before any scan
+    for t = 1..T:
+        (policies that need it) I_1..I_N, w <- sampler(x*m, m); EIG map (Eq. 17)
+        c_t <- policy(state);  m <- m OR patch(c_t);  p_t = g(v | x*m, m)
+
+Each step is handed to ``on_step`` (the simulation writes it to the store) as a
+:class:`StepRecord`; ``on_array`` receives the arrays of a Fig. 6-style visualisation when
+``figure_completions > 0``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from boed.eig import DEFAULT_MEMORY_BUDGET, expected_information_gain, resolve_target, target_entropy
+from boed.errors import BoedError
+from boed.policies import DecisionState, StoppingRule
+from boed.scanner import CandidateGrid, Scanner
+
+if TYPE_CHECKING:
+    from boed.eig import Target
+    from boed.protocols import Classifier, Policy, Sampler
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a session, as logged (step 0: the prediction before any scan)."""
+
+    step: int
+    location: tuple[int, int] | None
+    candidate: int | None
+    eig: float | None
+    eig_map: list[list[float]] | None
+    probs: list[float]
+    seconds: float
+
+
+@dataclass
+class SessionResult:
+    """What a session did: its steps and whether the stopping rule ended it early."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def scans_used(self) -> int:
+        return len(self.steps) - 1
+
+    @property
+    def final_probs(self) -> list[float]:
+        return self.steps[-1].probs
+
+
+def _eig_map(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:
+    values = eig.double().cpu()
+    grid = candidates.as_map(values) if candidates.grid else values[None]
+    return grid.tolist()
+
+
+def run_session(
+    image: torch.Tensor,
+    *,
+    classifier: Classifier,
+    policy: Policy,
+    candidates: CandidateGrid,
+    scans: int,
+    sampler: Sampler | None = None,
+    n_samples: int = 10,
+    target: str | Target = "any",
+    generator: torch.Generator | None = None,
+    stopping: StoppingRule | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    on_step: Callable[[StepRecord], None] | None = None,
+    on_array: Callable[[int, str, np.ndarray], None] | None = None,
+    figure_completions: int = 0,
+) -> SessionResult:
+    """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
+
+    Args:
+        classifier: ``g`` on partial views.
+        policy: chooses each scan (``policy.needs_eig``: the EIG map is estimated first).
+        candidates: the candidate grid (its image size must match ``image``).
+        scans: the number of scans ``T``.
+        sampler: draws completions (needed only by policies that need the EIG).
+        n_samples: ``N`` completions per step.
+        target: ``"any"``, ``"all"`` or a label name.
+        generator: the session's generator (sampler draws, random choices).
+        stopping: optional early-stopping rule.
+        on_step: called with every :class:`StepRecord` as soon as it is known.
+        on_array: ``(step, name, array)`` for the Fig. 6 arrays, when ``figure_completions > 0``.
+        figure_completions: how many completions (and their IG maps) to keep per step.
+    """
+    if image.dim() == 3:
+        image = image[None]
+    if policy.needs_eig and sampler is None:
+        raise BoedError(f"policy {policy.name!r} needs a sampler")
+    tgt = resolve_target(target, list(classifier.labels))
+    stopping = stopping or StoppingRule()
+    scanner = Scanner(image, candidates)
+    result = SessionResult()
+
+    def emit(record: StepRecord) -> None:
+        result.steps.append(record)
+        if on_step is not None:
+            on_step(record)
+
+    t0 = time.perf_counter()
+    probs = classifier.predict(scanner.observed, scanner.mask)  # (1, L)
+    emit(StepRecord(0, None, None, None, None, probs[0].tolist(), time.perf_counter() - t0))
+
+    for step in range(1, scans + 1):
+        t0 = time.perf_counter()
+        if stopping.stop_on_entropy(float(target_entropy(probs, tgt)[0])):
+            result.stopped_early = True
+            break
+        observed, mask = scanner.observed, scanner.mask
+        state = DecisionState(
+            step=step,
+            observed=observed,
+            mask=mask,
+            candidates=candidates,
+            scanned=list(scanner.scanned),
+            generator=generator,
+            image=image,
+            classifier=classifier,
+            target=tgt,
+            memory_budget=memory_budget,
+        )
+        ig = completions = None
+        if policy.needs_eig:
+            completions = sampler.sample(observed, mask, n_samples, generator=generator)
+            state.eig, ig = expected_information_gain(
+                classifier,
+                observed,
+                mask,
+                completions,
+                candidates,
+                tgt,
+                memory_budget=memory_budget,
+                current_probs=probs,
+            )
+            if stopping.stop_on_eig(state.eig):
+                result.stopped_early = True
+                break
+        choice = policy.choose(state)
+        scanner.scan(choice)
+        probs = classifier.predict(scanner.observed, scanner.mask)
+        eig_value = float(state.eig[choice]) if state.eig is not None else None
+        eig_map = _eig_map(state.eig, candidates) if state.eig is not None else None
+        seconds = time.perf_counter() - t0
+        if on_array is not None and figure_completions > 0 and completions is not None:
+            _save_figure_arrays(
+                on_array,
+                step,
+                observed,
+                mask,
+                scanner,
+                completions,
+                ig,
+                state.eig,
+                candidates,
+                choice,
+                figure_completions,
+            )
+        emit(
+            StepRecord(
+                step, candidates.location(choice), choice, eig_value, eig_map, probs[0].tolist(), seconds
+            )
+        )
+    return result
+
+
+def _save_figure_arrays(on_array, step, observed, mask, scanner, completions, ig, eig, candidates, choice, k):
+    """The arrays of one row of a Fig. 6-style figure (float16 images, float32 maps)."""
+    images = completions.images[:, 0, 0] if completions.images.dim() == 5 else completions.images[:, 0]
+    k = min(k, images.shape[0])
+
+    def as_map(values: torch.Tensor) -> np.ndarray:
+        values = values.float().cpu()
+        return (candidates.as_map(values) if candidates.grid else values).numpy()
+
+    on_array(step, "observed", observed[0, 0].cpu().numpy().astype(np.float16))
+    on_array(step, "mask", mask[0, 0].cpu().numpy().astype(np.float16))
+    on_array(step, "completions", images[:k].cpu().numpy().astype(np.float16))
+    on_array(step, "mean_completion", images.mean(0).cpu().numpy().astype(np.float16))
+    on_array(step, "ig", as_map(ig[:k]))
+    on_array(step, "eig", as_map(eig))
+    on_array(step, "location", np.asarray(candidates.location(choice), dtype=np.float32))
+    on_array(step, "observed_after", scanner.observed[0, 0].cpu().numpy().astype(np.float16))

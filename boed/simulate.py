@@ -1,0 +1,303 @@
+"""Simulated scan sessions over a dataset, logged to the store; reproducible from a seed.
+
+For every image (in dataset order) the simulation records one session per policy plus the
+full-image reference (the classifier on the whole image: policy ``"full-image"``, a single step).
+Each session draws from its own generator, seeded from ``(seed, image index, policy)``, so a
+session's result does not depend on which other sessions ran, and a resumed run
+(``store.resume_plan``) adds exactly the missing sessions. An error on one image marks that
+session failed (with its message) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from boed.config import ConfigError, from_dict, to_dict
+from boed.eig import DEFAULT_MEMORY_BUDGET, resolve_target
+from boed.errors import BoedError
+from boed.policies import FULL_IMAGE, StoppingRule, get_policy, parse_policies
+from boed.scanner import CandidateGrid
+from boed.session import run_session
+
+if TYPE_CHECKING:
+    from boed.protocols import Classifier, Sampler
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that defines a simulation run (stored with the run; ``--resume`` reuses it)."""
+
+    images: str = "chestxray"
+    split: str = "test"
+    data_root: str | None = None
+    n_images: int = 40
+    scans: int = 5
+    n_samples: int = 10
+    grid: int = 17
+    image_size: int = 64
+    patch_size: int = 16
+    target: str = "any"
+    policies: tuple[str, ...] = ("boed", "random", "oracle")
+    seed: int = 0
+    preset: str = "cpu"
+    sampler: str = "aipo"
+    sampler_checkpoint: str | None = None
+    classifier_checkpoint: str | None = None
+    figure_sessions: int = 3
+    figure_completions: int = 5
+    stop_entropy: float | None = None
+    stop_eig: float | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", parse_policies(self.policies))
+        for name in ("n_images", "scans", "n_samples", "grid"):
+            if getattr(self, name) < 1:
+                raise BoedError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.patch_size <= self.image_size:
+            raise BoedError(f"scan patch {self.patch_size} px does not fit {self.image_size} px images")
+
+    @property
+    def stopping(self) -> StoppingRule:
+        return StoppingRule(self.stop_entropy, self.stop_eig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
+        try:
+            return from_dict(cls, data)
+        except ConfigError as exc:
+            raise BoedError(f"stored run config does not fit this version: {exc}") from None
+
+
+def session_seed(seed: int, image_index: int, policy: str) -> int:
+    """A 63-bit seed for the session of ``policy`` on image ``image_index`` of a run seeded ``seed``."""
+    digest = hashlib.sha256(f"{seed}:{image_index}:{policy}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def code_version() -> str:
+    """``<package version>+<git commit>`` (``+dirty`` when the tree has changes), or just the version."""
+    from boed import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}{'.dirty' if dirty else ''}" if commit else __version__
+
+
+def check_parts(
+    config: SimulationConfig, sampler: Sampler | None, classifier: Classifier, dataset: Any
+) -> None:
+    """Refuse, before any work, parts that do not fit the config or each other."""
+    sizes = {"config": config.image_size, "classifier": int(classifier.image_size)}
+    if sampler is not None:
+        sizes["sampler"] = int(sampler.image_size)
+    if dataset is not None and len(dataset):
+        sizes["dataset"] = int(dataset[0]["img"].shape[-1])
+    if len(set(sizes.values())) > 1:
+        raise BoedError(
+            "image sizes do not fit: "
+            + ", ".join(f"{k} {v} px" for k, v in sizes.items())
+            + f" (preset {config.preset!r})"
+        )
+    if dataset is not None and tuple(dataset.labels) != tuple(classifier.labels):
+        raise BoedError(
+            f"the classifier's labels ({', '.join(classifier.labels)}) differ from the dataset's "
+            f"({', '.join(dataset.labels)})"
+        )
+    resolve_target(config.target, list(classifier.labels))
+    if any(get_policy(p).needs_eig for p in config.policies) and sampler is None:
+        raise BoedError("the boed policy needs a sampler")
+
+
+@dataclass
+class Progress:
+    """What a progress callback is told after every session."""
+
+    done: int
+    total: int
+    image_index: int
+    policy: str
+    status: str
+    seconds: float
+    failures: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _finite(values: torch.Tensor) -> list[float]:
+    return [float(v) for v in values.reshape(-1).tolist()]
+
+
+def run_simulation(
+    store: Any,
+    dataset: Any,
+    sampler: Sampler | None,
+    classifier: Classifier,
+    config: SimulationConfig,
+    *,
+    run_id: str | None = None,
+    dataset_description: dict[str, Any] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> str:
+    """Simulate ``config.n_images`` images x (policies + full-image); return the run id.
+
+    With ``run_id`` the run is resumed: sessions already done are skipped, half-written ones are
+    deleted by ``store.resume_plan`` and redone.
+    """
+    check_parts(config, sampler, classifier, dataset)
+    n_images = min(config.n_images, len(dataset))
+    if n_images < 1:
+        raise BoedError("the dataset has no images")
+    labels = list(classifier.labels)
+    if run_id is None:
+        run_id = store.create_run(
+            config.to_dict(),
+            sampler=getattr(sampler, "name", config.sampler) if sampler is not None else "none",
+            sampler_sha256=getattr(sampler, "sha256", None),
+            classifier=getattr(classifier, "name", type(classifier).__name__),
+            classifier_sha256=getattr(classifier, "sha256", None),
+            dataset=dataset_description if dataset_description is not None else dataset.describe(),
+            seed=config.seed,
+            labels=labels,
+            code_version=code_version(),
+        )
+        done: set[tuple[str, str]] = set()
+    else:
+        done = set(store.resume_plan(run_id))
+
+    candidates = CandidateGrid.from_grid(config.image_size, config.patch_size, config.grid)
+    target = resolve_target(config.target, labels)
+    plan = [(i, p) for i in range(n_images) for p in (FULL_IMAGE, *config.policies)]
+    timings: dict[str, float] = {p: 0.0 for p in (FULL_IMAGE, *config.policies)}
+    failures, t_run = 0, time.perf_counter()
+    item_cache: dict[int, dict[str, Any]] = {}
+    try:
+        for n_done, (index, policy) in enumerate(plan, start=1):
+            if index not in item_cache:
+                item_cache.clear()
+                item_cache[index] = dataset[index]
+            item = item_cache[index]
+            image_id = str(item["idx"])
+            if (image_id, policy) in done:
+                continue
+            t0 = time.perf_counter()
+            status = _one_session(
+                store, run_id, index, image_id, item, policy, sampler, classifier, candidates, target, config
+            )
+            seconds = time.perf_counter() - t0
+            timings[policy] += seconds
+            failures += status != "done"
+            if progress is not None:
+                progress(Progress(n_done, len(plan), index, policy, status, seconds, failures, dict(timings)))
+    except KeyboardInterrupt:
+        store.finish_run(run_id, status="interrupted", timings=_timings(timings, t_run))
+        raise
+    except BaseException:
+        store.finish_run(run_id, status="failed", timings=_timings(timings, t_run))
+        raise
+    store.finish_run(run_id, status="done", timings=_timings(timings, t_run) | {"failed_sessions": failures})
+    return run_id
+
+
+def _timings(per_policy: dict[str, float], t_run: float) -> dict[str, float]:
+    return {"total_s": round(time.perf_counter() - t_run, 3)} | {
+        f"{k}_s": round(v, 3) for k, v in per_policy.items()
+    }
+
+
+def _one_session(
+    store, run_id, index, image_id, item, policy, sampler, classifier, candidates, target, config
+) -> str:
+    image = item["img"].float().reshape(1, 1, config.image_size, config.image_size)
+    true_labels = [
+        float(v) if not math.isnan(float(v)) else math.nan for v in item["lab"].reshape(-1).tolist()
+    ]
+    session_id = store.start_session(
+        run_id, image_id=image_id, image_index=index, policy=policy, true_labels=true_labels
+    )
+    try:
+        if policy == FULL_IMAGE:
+            t0 = time.perf_counter()
+            probs = classifier.predict(image, torch.ones_like(image))
+            store.log_step(
+                session_id,
+                step=0,
+                location=None,
+                candidate=None,
+                eig=None,
+                eig_map=None,
+                probs=_finite(probs[0]),
+                seconds=time.perf_counter() - t0,
+            )
+        else:
+            generator = torch.Generator(device=image.device).manual_seed(
+                session_seed(config.seed, index, policy)
+            )
+            figure = policy == "boed" and index < config.figure_sessions
+
+            def on_step(record):
+                store.log_step(
+                    session_id,
+                    step=record.step,
+                    location=record.location,
+                    candidate=record.candidate,
+                    eig=record.eig,
+                    eig_map=record.eig_map,
+                    probs=record.probs,
+                    seconds=record.seconds,
+                )
+
+            def on_array(step: int, name: str, array: np.ndarray) -> None:
+                store.save_array(session_id, step, name, array)
+
+            run_session(
+                image,
+                classifier=classifier,
+                policy=get_policy(policy),
+                candidates=candidates,
+                scans=config.scans,
+                sampler=sampler,
+                n_samples=config.n_samples,
+                target=target,
+                generator=generator,
+                stopping=config.stopping,
+                memory_budget=config.memory_budget,
+                on_step=on_step,
+                on_array=on_array if figure else None,
+                figure_completions=config.figure_completions if figure else 0,
+            )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # one bad image must not end the run
+        store.finish_session(session_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    store.finish_session(session_id, status="done")
+    return "done"
