@@ -1,0 +1,268 @@
+"""Policies, the stopping rule, the session loop and the simulation (toy world, fake store)."""
+
+import math
+
+import pytest
+import torch
+
+from boed.errors import BoedError
+from boed.policies import (
+    FULL_IMAGE,
+    POLICIES,
+    DecisionState,
+    StoppingRule,
+    get_policy,
+    parse_policies,
+)
+from boed.scanner import CandidateGrid, Scanner
+from boed.session import run_session
+from boed.simulate import SimulationConfig, run_simulation, session_seed
+from tests.boed.toys import BayesClassifier, FakeStore, PosteriorSampler, ToyDataset, ToyWorld
+
+
+@pytest.fixture
+def world():
+    return ToyWorld(seed=4)
+
+
+@pytest.fixture
+def grid(world):
+    return CandidateGrid.from_grid(world.size, world.patch, grid=3)
+
+
+def _state(world, grid, scanned=(), **kw):
+    scanner = Scanner(world.images[0:1], grid)
+    for c in scanned:
+        scanner.scan(c)
+    return DecisionState(
+        step=len(scanned) + 1,
+        observed=scanner.observed,
+        mask=scanner.mask,
+        candidates=grid,
+        scanned=list(scanned),
+        **kw,
+    )
+
+
+def test_scanner_reveals_patches(world, grid):
+    scanner = Scanner(world.images[0:1], grid)
+    scanner.scan(0)
+    assert scanner.mask.sum() == world.patch**2
+    assert torch.equal(scanner.observed[..., :4, :4], world.images[0:1, ..., :4, :4])
+    assert grid.location(8) == (4, 4)
+    with pytest.raises(BoedError, match="out of range"):
+        scanner.scan(9)
+
+
+def test_boed_policy_takes_argmax_and_skips_seen(world, grid):
+    eig = torch.zeros(9, dtype=torch.float64)
+    eig[5] = 0.3
+    assert get_policy("boed").choose(_state(world, grid, eig=eig)) == 5
+    eig = torch.full((9,), -0.1, dtype=torch.float64)
+    eig[0] = 0.0  # already seen: exactly zero, but must not be picked over revealing candidates
+    assert get_policy("boed").choose(_state(world, grid, scanned=[0], eig=eig)) == 1
+    with pytest.raises(BoedError):
+        get_policy("boed").choose(_state(world, grid))
+
+
+def test_random_policy_is_seeded_and_reveals_something(world, grid):
+    picks = [
+        get_policy("random").choose(_state(world, grid, [0, 8], generator=torch.Generator().manual_seed(s)))
+        for s in range(30)
+    ]
+    assert 0 not in picks and 8 not in picks and len(set(picks)) > 3
+    again = [
+        get_policy("random").choose(_state(world, grid, [0, 8], generator=torch.Generator().manual_seed(s)))
+        for s in range(30)
+    ]
+    assert picks == again
+
+
+def test_raster_policy_tiles(world, grid):
+    assert get_policy("raster").choose(_state(world, grid)) == 0
+    assert get_policy("raster").choose(_state(world, grid, [0])) == 2  # (0, 4): no overlap with (0, 0)
+    assert get_policy("raster").choose(_state(world, grid, [4])) == 0  # none untouched: most new pixels
+    assert get_policy("raster").choose(_state(world, grid, [4, 0])) == 2
+
+
+def test_oracle_minimises_entropy_on_true_image(world, grid):
+    from boed.eig import resolve_target, target_entropy
+
+    clf = BayesClassifier(world)
+    tgt = resolve_target("any", world.labels)
+    state = _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1])
+    choice = get_policy("oracle").choose(state)
+    ent = [float(target_entropy(clf.predict(world.images[0:1] * m, m), tgt)[0]) for m in grid.masks[:, None]]
+    assert ent[choice] == pytest.approx(min(ent))
+
+
+def test_policy_names():
+    assert set(POLICIES) == {"boed", "random", "raster", "oracle"}
+    assert parse_policies("boed, random,boed") == ("boed", "random")
+    with pytest.raises(BoedError, match="valid policies: boed, random, raster, oracle"):
+        parse_policies("boed,greedy")
+
+
+def test_session_loop_logs_every_step(world, grid):
+    clf, records, arrays = BayesClassifier(world), [], {}
+    result = run_session(
+        world.images[3],
+        classifier=clf,
+        policy=get_policy("boed"),
+        candidates=grid,
+        scans=3,
+        sampler=PosteriorSampler(world),
+        n_samples=6,
+        generator=torch.Generator().manual_seed(0),
+        on_step=records.append,
+        on_array=lambda s, n, a: arrays.__setitem__((s, n), a),
+        figure_completions=2,
+    )
+    assert [r.step for r in records] == [0, 1, 2, 3] and result.scans_used == 3
+    assert records[0].location is None and records[0].eig is None
+    assert all(len(r.probs) == 15 for r in records)
+    assert len({r.candidate for r in records[1:]}) == 3
+    assert records[1].eig == pytest.approx(max(max(row) for row in records[1].eig_map))
+    assert arrays[(1, "completions")].shape == (2, 8, 8) and arrays[(1, "ig")].shape == (2, 3, 3)
+    assert arrays[(2, "eig")].shape == (3, 3)
+
+
+def test_session_is_reproducible(world, grid):
+    def run():
+        return run_session(
+            world.images[2],
+            classifier=BayesClassifier(world),
+            policy=get_policy("boed"),
+            candidates=grid,
+            scans=2,
+            sampler=PosteriorSampler(world),
+            n_samples=3,
+            generator=torch.Generator().manual_seed(7),
+        ).steps
+
+    assert [(s.candidate, s.probs) for s in run()] == [(s.candidate, s.probs) for s in run()]
+
+
+def test_stopping_rule(world, grid):
+    def entropy_rule(threshold):
+        return run_session(
+            world.images[0],
+            classifier=BayesClassifier(world),
+            policy=get_policy("raster"),
+            candidates=grid,
+            scans=4,
+            stopping=StoppingRule(entropy_below=threshold),
+        )
+
+    assert entropy_rule(0.0).scans_used == 4 and not entropy_rule(0.0).stopped_early
+    assert entropy_rule(0.7).stopped_early and entropy_rule(0.7).scans_used == 0  # H(Any) at step 0 = 0.56
+    result = run_session(
+        world.images[0],
+        classifier=BayesClassifier(world),
+        policy=get_policy("boed"),
+        candidates=grid,
+        scans=5,
+        sampler=PosteriorSampler(world),
+        n_samples=4,
+        generator=torch.Generator().manual_seed(0),
+        stopping=StoppingRule(eig_below=10.0),
+    )
+    assert result.stopped_early and result.scans_used == 0
+
+
+def test_session_seed_differs_per_session():
+    seeds = {session_seed(0, i, p) for i in range(5) for p in ("boed", "random")}
+    assert len(seeds) == 10 and session_seed(0, 1, "boed") == session_seed(0, 1, "boed")
+
+
+def _config(**kw):
+    base = dict(
+        images="toy",
+        n_images=4,
+        scans=2,
+        n_samples=4,
+        grid=3,
+        image_size=8,
+        patch_size=4,
+        policies=("boed", "random", "oracle"),
+        figure_sessions=1,
+        figure_completions=2,
+    )
+    return SimulationConfig(**(base | kw))
+
+
+def test_simulation_records_all_sessions_and_survives_a_failure(world):
+    class Flaky(BayesClassifier):
+        def predict(self, observed, mask):
+            if observed.shape[0] == 1 and torch.equal(observed, world.images[int(self.bad)][None] * mask):
+                if mask.sum() == mask.numel():
+                    raise RuntimeError("boom")
+            return super().predict(observed, mask)
+
+    ds = ToyDataset(world, n=4)
+    clf = Flaky(world)
+    clf.bad = int(ds.states[1])
+    store = FakeStore()
+    run_id = run_simulation(store, ds, PosteriorSampler(world), clf, _config())
+    sessions = list(store.sessions.values())
+    assert len(sessions) == 4 * 4
+    failed = [s for s in sessions if s["status"] == "failed"]
+    assert failed and all("boom" in s["error"] for s in failed)
+    assert {s["policy"] for s in sessions} == {FULL_IMAGE, "boed", "random", "oracle"}
+    assert store.runs[run_id]["status"] == "done"
+    assert any(k[2] == "eig" for k in store.arrays)
+
+
+def test_resume_adds_only_missing_sessions(world):
+    ds = ToyDataset(world, n=3)
+    store = FakeStore()
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def progress(p):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(
+            store, ds, PosteriorSampler(world), BayesClassifier(world), _config(n_images=3), progress=progress
+        )
+    run_id = next(iter(store.runs))
+    assert store.runs[run_id]["status"] == "interrupted"
+    run_simulation(
+        store, ds, PosteriorSampler(world), BayesClassifier(world), _config(n_images=3), run_id=run_id
+    )
+    keys = [(s["image_id"], s["policy"]) for s in store.sessions.values()]
+    assert len(keys) == len(set(keys)) == 3 * 4
+
+
+def test_simulation_refuses_parts_that_do_not_fit(world):
+    ds = ToyDataset(world, n=2)
+    with pytest.raises(BoedError, match="image sizes do not fit"):
+        run_simulation(
+            FakeStore(), ds, PosteriorSampler(world), BayesClassifier(world), _config(image_size=16)
+        )
+    clf = BayesClassifier(world)
+    clf.labels = clf.labels[:-1]
+    with pytest.raises(BoedError, match="labels"):
+        run_simulation(FakeStore(), ds, PosteriorSampler(world), clf, _config())
+    with pytest.raises(BoedError, match="valid targets"):
+        run_simulation(FakeStore(), ds, PosteriorSampler(world), BayesClassifier(world), _config(target="x"))
+
+
+def test_full_image_session_has_one_step(world):
+    store = FakeStore()
+    run_simulation(
+        store,
+        ToyDataset(world, n=1),
+        PosteriorSampler(world),
+        BayesClassifier(world),
+        _config(n_images=1, policies=("random",)),
+    )
+    full = [sid for sid, s in store.sessions.items() if s["policy"] == FULL_IMAGE]
+    steps = [r for r in store.steps if r["session_id"] == full[0]]
+    assert len(steps) == 1 and steps[0]["step"] == 0 and not math.isnan(steps[0]["probs"][14])
