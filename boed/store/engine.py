@@ -35,7 +35,7 @@ def resolve_url(url: str | os.PathLike | None = None) -> URL:
         return URL.create("sqlite", database=str(Path(text).expanduser()))
     try:
         return make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise StoreError(f"malformed database URL {text!r}: {exc}") from None
 
 
