@@ -1,9 +1,288 @@
-"""CLI commands of this part (filled in by its issue)."""
+"""``boed simulate`` (scan sessions over a dataset, logged to the store) and ``boed report``.
+
+The only place where the controller (boed/) meets the implementations: the classifier
+(``classifiers.load_classifier``) and the sampler (``generative.registry.build_sampler``) are
+imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from cli.common import console, err_console, user_errors
+
+DEFAULT_N_IMAGES = 40
+
+
+def _load_parts(config: Any, device: str):
+    """Classifier and (when a policy needs it) sampler for ``config``; names checked first."""
+    from boed.policies import get_policy
+
+    needs_sampler = any(get_policy(p).needs_eig for p in config.policies)
+    if needs_sampler:
+        from generative.registry import SAMPLERS
+
+        if config.sampler not in SAMPLERS:
+            from generative.errors import SamplerError
+
+            raise SamplerError(f"unknown sampler {config.sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    from classifiers import load_classifier
+
+    classifier = load_classifier(config.classifier_checkpoint, preset=config.preset, device=device)
+    sampler = None
+    if needs_sampler:
+        from generative.registry import build_sampler
+
+        sampler = build_sampler(
+            config.sampler, config.sampler_checkpoint, preset=config.preset, device=device
+        )
+    return classifier, sampler
+
+
+def _summary_table(summary, title: str):
+    from rich.table import Table
+
+    from boed.policies import FULL_IMAGE
+
+    curves = summary[summary["policy"] != FULL_IMAGE]
+    full = summary[summary["policy"] == FULL_IMAGE]
+    scans = sorted(int(s) for s in curves["scans"].unique())
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("policy")
+    for s in scans:
+        table.add_column(f"{s} scans" if s != 1 else "1 scan", justify="right")
+    for key, name in (("accuracy", "accuracy"), ("auroc", "AUROC"), ("entropy", "entropy (nats)")):
+        first = True
+        for policy, sub in curves.groupby("policy", sort=False):
+            values = [_fmt(v) for v in sub.sort_values("scans")[key]]
+            table.add_row(name if first else "", f"{policy} (n={int(sub['n'].iloc[0])})", *values)
+            first = False
+        if not full.empty:
+            v = _fmt(float(full[key].iloc[0]))
+            table.add_row("", f"full image (n={int(full['n'].iloc[0])})", *[v] * len(scans), style="dim")
+        table.add_section()
+    return table
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or math.isnan(float(v)) else f"{float(v):.3f}"
+
+
+def simulate(
+    images: str = typer.Option(
+        "chestxray",
+        "--images",
+        help="chestxray (NIH with --data-root, else phantoms), phantoms, nih, dicom, folder.",
+    ),
+    policy: str = typer.Option(
+        "boed,random,oracle", "--policy", help="Comma-separated: boed, random, raster, oracle."
+    ),
+    scans: int = typer.Option(5, "--scans", help="Scans per session."),
+    n_images: int = typer.Option(DEFAULT_N_IMAGES, "--n-images", help="Test images to simulate."),
+    n_samples: int | None = typer.Option(
+        None, "--n-samples", help="Completions N per decision (preset: 10)."
+    ),
+    grid: int | None = typer.Option(None, "--grid", help="Candidate grid G x G (preset: 17)."),
+    sampler: str = typer.Option("aipo", "--sampler", help="Sampler name (generative.registry)."),
+    sampler_checkpoint: Path | None = typer.Option(
+        None, "--sampler-checkpoint", help="Sampler checkpoint (default: the shipped one of the preset)."
+    ),
+    classifier: Path | None = typer.Option(
+        None, "--classifier", help="Classifier checkpoint (default: shipped)."
+    ),
+    target: str = typer.Option("any", "--target", help="any, all, or one finding name."),
+    preset: str = typer.Option("cpu", "--preset", help="cpu (64 px, 16 px scans) or paper (256/64)."),
+    seed: int = typer.Option(0, "--seed"),
+    split: str = typer.Option("test", "--split", help="Dataset split."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="NIH ChestX-ray14 / DICOM / folder root (or env BOED_DATA_ROOT)."
+    ),
+    db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default runs/boed.db)."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/<run id>/)."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue run RUN_ID with its stored config."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    figures: int = typer.Option(3, "--figures", help="BOED sessions that keep Fig. 6 arrays."),
+    stop_entropy: float | None = typer.Option(
+        None,
+        "--stop-entropy",
+        help="Stop a session once the target entropy (nats) is below this (beyond the paper).",
+    ),
+    stop_eig: float | None = typer.Option(
+        None, "--stop-eig", help="Stop once the best EIG (nats) is below this."
+    ),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write the HTML report."),
+) -> None:
+    """Simulate scan sessions (BOED vs baselines) and print accuracy / AUROC / entropy vs scans."""
+    with user_errors():
+        from boed.config import get_preset
+        from boed.eig import resolve_target
+        from boed.policies import parse_policies
+        from boed.simulate import SimulationConfig
+        from boed.store import Store
+        from datasets.labels import LABELS
+
+        t_start = time.perf_counter()
+        dev = _device(device)
+        if resume is not None:
+            store = Store.open(db)
+            config = SimulationConfig.from_dict(store.run_config(resume))
+            err_console.print(f"resuming run {resume} with its stored config", style="yellow")
+        else:
+            pre = get_preset(preset)
+            config = SimulationConfig(
+                images=images,
+                split=split,
+                data_root=str(data_root) if data_root else None,
+                n_images=n_images,
+                scans=scans,
+                n_samples=n_samples or pre.n_samples,
+                grid=grid or pre.grid,
+                image_size=pre.image_size,
+                patch_size=pre.patch_size,
+                target=target,
+                policies=parse_policies(policy),
+                seed=seed,
+                preset=pre.name,
+                sampler=sampler,
+                sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+                classifier_checkpoint=str(classifier) if classifier else None,
+                figure_sessions=figures,
+                stop_entropy=stop_entropy,
+                stop_eig=stop_eig,
+            )
+            resolve_target(config.target, LABELS)  # a bad name fails before anything loads
+            store = Store.open(db)
+        clf, smp = _load_parts(config, dev)
+        if resume is not None:
+            _check_same_parts(store.get_run(resume), clf, smp)
+        from datasets import open_dataset
+
+        dataset = open_dataset(
+            config.images,
+            split=config.split,
+            size=config.image_size,
+            n=config.n_images,
+            data_root=config.data_root,
+            seed=config.seed,
+        )
+        run_id = _run_with_progress(store, dataset, smp, clf, config, resume)
+        from boed.report import build_report, load_summary
+
+        run, summary = load_summary(store, run_id)
+        wall = time.perf_counter() - t_start
+        console.print(
+            _summary_table(
+                summary,
+                f"run {run_id}: Any vs number of scans ({config.images}, "
+                f"{config.preset} preset, target {config.target})",
+            )
+        )
+        console.print(
+            f"run {run_id} [{run.status}] in {wall:.0f} s wall; "
+            f"{(run.timings or {}).get('failed_sessions', 0)} failed sessions; store: {store.url}"
+        )
+        if not no_report:
+            folder = out or Path("runs") / run_id
+            index = build_report(store, run_id, folder)
+            console.print(f"report: {index}")
+
+
+def _device(name: str) -> str:
+    from boed.errors import BoedError
+    from boed.runtime.devices import resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except (ValueError, RuntimeError) as exc:
+        raise BoedError(f"--device {name}: {exc}") from None
+
+
+def _check_same_parts(run: Any, classifier: Any, sampler: Any) -> None:
+    from boed.errors import BoedError
+
+    pairs = [("classifier", run.classifier_sha256, getattr(classifier, "sha256", None))]
+    if sampler is not None:
+        pairs.append(("sampler", run.sampler_sha256, getattr(sampler, "sha256", None)))
+    for what, stored, now in pairs:
+        if stored and now and stored != now:
+            raise BoedError(
+                f"cannot resume run {run.run_id}: its {what} checkpoint was {stored[:12]}…, "
+                f"the one found now is {now[:12]}…"
+            )
+
+
+def _run_with_progress(store, dataset, sampler, classifier, config, resume):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from boed.simulate import run_simulation
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("sessions", total=None)
+
+        def update(p):
+            bar.update(
+                task,
+                total=p.total,
+                completed=p.done,
+                description=f"image {p.image_index + 1}, {p.policy}"
+                + (f" ({p.failures} failed)" if p.failures else ""),
+            )
+
+        return run_simulation(
+            store,
+            dataset,
+            sampler,
+            classifier,
+            config,
+            run_id=resume,
+            dataset_description=dataset.describe(),
+            progress=update,
+        )
+
+
+def report(
+    run_id: str = typer.Argument(..., help="Run id (or 'latest')."),
+    db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default runs/boed.db)."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/<run id>/)."),
+) -> None:
+    """Rebuild a run's report (Fig. 5, Fig. 6 PNGs, index.html) from the store alone."""
+    with user_errors():
+        from boed.errors import BoedError
+        from boed.report import build_report, load_summary
+        from boed.store import Store
+
+        store = Store.open(db)
+        if run_id == "latest":
+            run_id = store.latest_run_id() or ""
+            if not run_id:
+                raise BoedError("the store has no runs")
+        _, summary = load_summary(store, run_id)
+        index = build_report(store, run_id, out or Path("runs") / run_id)
+        console.print(_summary_table(summary, f"run {run_id}: Any vs number of scans"))
+        console.print(f"report: {index}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the ``boed`` app."""
+    """Add ``simulate`` and ``report`` to the ``boed`` app."""
+    app.command("simulate")(simulate)
+    app.command("report")(report)

@@ -1,0 +1,162 @@
+"""Build the report of a run (PNGs + a self-contained ``index.html``) from the store alone."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from boed.policies import FULL_IMAGE
+from boed.report.figures import plot_performance, plot_session
+from boed.report.metrics import summarise
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee}
+.meta td{text-align:left}.small{color:#666;font-size:.85em}
+"""
+
+
+def load_summary(store: Any, run_id: str, label: str = "Any") -> tuple[Any, pd.DataFrame]:
+    """``(run record, summary table)`` for ``run_id`` (see :func:`boed.report.metrics.summarise`)."""
+    run = store.get_run(run_id)
+    config = run.config or {}
+    scans = int(config.get("scans", 5))
+    predictions = store.predictions(run_id, label=label)
+    policies = [p for p in config.get("policies", []) if p != FULL_IMAGE] or None
+    return run, summarise(predictions, scans, policies)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_html(summary: pd.DataFrame) -> str:
+    """Three small tables (accuracy, AUROC, entropy): policies x number of scans."""
+    curves = summary[summary["policy"] != FULL_IMAGE]
+    full = summary[summary["policy"] == FULL_IMAGE]
+    scans = sorted(int(s) for s in curves["scans"].unique()) if len(curves) else []
+    parts = []
+    for key, title in (("accuracy", "Accuracy"), ("auroc", "AUROC"), ("entropy", "Mean entropy (nats)")):
+        head = "".join(f"<th>{s}</th>" for s in scans)
+        rows = []
+        for policy, sub in curves.groupby("policy", sort=False):
+            cells = "".join(f"<td>{_fmt(float(v))}</td>" for v in sub.sort_values("scans")[key])
+            rows.append(f"<tr><td class=l>{html.escape(policy)} (n={int(sub['n'].iloc[0])})</td>{cells}</tr>")
+        if not full.empty:
+            v = float(full[key].iloc[0])
+            rows.append(
+                f"<tr><td class=l>full image (n={int(full['n'].iloc[0])})</td>"
+                f"<td colspan={max(len(scans), 1)}>{_fmt(v)}</td></tr>"
+            )
+        parts.append(
+            f"<h3>{title}</h3><table><tr><th class=l>policy \\ scans</th>{head}</tr>{''.join(rows)}</table>"
+        )
+    return "\n".join(parts)
+
+
+def build_report(
+    store: Any, run_id: str, out: str | Path, *, label: str = "Any", max_sessions: int = 8
+) -> Path:
+    """Write ``fig5.png``, ``sessions/*.png`` and ``index.html`` for ``run_id`` into ``out``.
+
+    Everything comes from the store (predictions, sessions, steps, saved arrays), so the report
+    can be rebuilt at any time with ``boed report RUN_ID``. Returns the path of ``index.html``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, summary = load_summary(store, run_id, label)
+    config = run.config or {}
+    patch = int(config.get("patch_size", 16))
+    plot_performance(summary, out / "fig5.png", label)
+    summary.to_csv(out / "summary.csv", index=False)
+
+    sessions = store.sessions(run_id)
+    figures = []
+    candidates = sessions[(sessions["policy"] == "boed") & (sessions["status"] == "done")].sort_values(
+        "image_index"
+    )
+    for rec in candidates.head(max_sessions).itertuples():
+        arrays = store.load_arrays(int(rec.session_id))
+        if not arrays:
+            continue
+        name = f"sessions/session-{int(rec.session_id)}.png"
+        truth = _truth(rec.true_labels, list(run.labels), label)
+        if plot_session(arrays, out / name, patch, f"image {rec.image_id} ({label} = {truth})"):
+            figures.append((rec, name))
+
+    counts = sessions.groupby(["policy", "status"]).size().unstack(fill_value=0)
+    failed = sessions[sessions["status"] == "failed"]
+    meta_rows = {
+        "run id": run.run_id,
+        "status": run.status,
+        "created": str(run.created_at),
+        "finished": str(run.finished_at),
+        "sampler": f"{run.sampler} ({(run.sampler_sha256 or '–')[:12]})",
+        "classifier": f"{run.classifier} ({(run.classifier_sha256 or '–')[:12]})",
+        "dataset": str(run.dataset),
+        "seed": str(run.seed),
+        "code version": run.code_version,
+        "config": ", ".join(f"{k}={v}" for k, v in config.items()),
+        "timings": ", ".join(f"{k}={v}" for k, v in (run.timings or {}).items()),
+    }
+    body = [
+        f"<h1>BOED run {html.escape(run.run_id)}</h1>",
+        "<table class=meta>"
+        + "".join(
+            f"<tr><th class=l>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in meta_rows.items()
+        )
+        + "</table>",
+        f"<h2>{html.escape(label)} vs number of scans (Fig. 5)</h2>",
+        '<img src="fig5.png" alt="performance vs number of scans">',
+        summary_html(summary),
+        "<h2>Sessions</h2>" + counts.to_html(border=0),
+    ]
+    if len(failed):
+        body.append(
+            "<h3>Failed sessions</h3><table><tr><th>image</th><th>policy</th><th class=l>error</th></tr>"
+            + "".join(
+                f"<tr><td>{html.escape(str(r.image_id))}</td><td>{html.escape(r.policy)}</td>"
+                f"<td class=l>{html.escape(str(r.error))}</td></tr>"
+                for r in failed.itertuples()
+            )
+            + "</table>"
+        )
+    body.append(
+        "<h2>EIG visualisations (Fig. 6)</h2><p class=small>Each row is one step: what was seen "
+        "before it; completions drawn by the sampler, each overlaid with its information gain per "
+        "candidate location (blue positive, red negative); the EIG over the mean completion; the "
+        "observation after scanning the location with the largest EIG (yellow).</p>"
+    )
+    if not figures:
+        body.append("<p>No session saved visualisation arrays.</p>")
+    for rec, name in figures:
+        body.append(
+            f"<h3>image {html.escape(str(rec.image_id))} (session {int(rec.session_id)})</h3>"
+            f'<img src="{name}" alt="EIG visualisation">'
+        )
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>BOED run {html.escape(run.run_id)}"
+        f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+    index = out / "index.html"
+    index.write_text(page)
+    return index
+
+
+def _truth(true_labels: Any, labels: list[str], label: str) -> str:
+    try:
+        v = float(list(true_labels)[labels.index(label)])
+    except (ValueError, IndexError, TypeError):
+        return "?"
+    return "?" if math.isnan(v) else str(int(v))
