@@ -124,7 +124,7 @@ def show(
             console.print(f"no finished sessions with a known {label!r} label yet")
             return
         columns = {"policy": "policy", "step": "scans", "sessions": "sessions", "accuracy": "accuracy",
-                   "entropy": "mean entropy (bits)"}  # fmt: skip
+                   "entropy": "mean entropy (nats)"}  # fmt: skip
         console.print(_table(f"{label}: accuracy by number of scans", summary, columns))
 
 
@@ -157,18 +157,19 @@ def _show_session(store, session_id: int, label: str) -> None:
 
 
 def accuracy_by_step(predictions):
-    """Accuracy (threshold 0.5) and mean binary entropy per (policy, step) of a long predictions
-    table restricted to one label; rows with unknown truth are left out."""
+    """Accuracy (threshold 0.5) and mean binary entropy (nats) per (policy, step) of a long
+    predictions table restricted to one label; rows with unknown truth are left out. Sessions
+    that stopped early count only up to their last step (the report carries them forward)."""
     import numpy as np
     import pandas as pd
 
     known = predictions.dropna(subset=["truth", "prob"])
     if known.empty:
         return pd.DataFrame(columns=["policy", "step", "sessions", "accuracy", "entropy"])
-    p = known["prob"].clip(1e-12, 1 - 1e-12)
+    p = known["prob"].clip(1e-7, 1 - 1e-7)
     known = known.assign(
-        correct=((known["prob"] >= 0.5) == (known["truth"] >= 0.5)).astype(float),
-        entropy=-(p * np.log2(p) + (1 - p) * np.log2(1 - p)),
+        correct=((known["prob"] >= 0.5) == (known["truth"] > 0.5)).astype(float),
+        entropy=-(p * np.log(p) + (1 - p) * np.log(1 - p)),
     )
     grouped = known.groupby(["policy", "step"], as_index=False)
     return grouped.agg(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from boed.store import RunRecord, SessionRecord, Store, StoreError
 from boed.store.models import Array, Base
@@ -292,6 +292,27 @@ class TestStoreContract:
             store.predictions(run_id, label="Nodule")
         with pytest.raises(StoreError, match="valid: running, done, failed"):
             store.steps(status="complete")
+
+    def test_documented_sql_gives_accuracy_by_scans(self, store):
+        """The plain-SQL example of docs/store.md, on this backend, against pandas."""
+        doc = (Path(__file__).parents[3] / "docs" / "store.md").read_text()
+        sql = doc.split("```sql\n", 1)[1].split("```", 1)[0]
+        run_id = make_run(store)
+        for i, truth in enumerate([1.0, 0.0, 1.0]):
+            run_session(store, run_id, f"img{i}", "boed", truth=(0.0, 0.0, truth))
+            run_session(store, run_id, f"img{i}", "random", truth=(0.0, 0.0, truth))
+        run_session(store, run_id, "unknown", "boed", truth=(0.0, 0.0, NAN))
+        run_session(store, run_id, "broken", "boed", finish="failed")
+        with store.engine.connect() as conn:
+            rows = conn.execute(text(sql), {"run_id": run_id}).all()
+        p = store.predictions(run_id, label="Any").dropna(subset=["truth"])
+        p["correct"] = (p["prob"] >= 0.5) == (p["truth"] > 0.5)
+        expected = p.groupby(["policy", "step"])["correct"].agg(["size", "mean"]).reset_index()
+        assert [(r.policy, r.scans, r.sessions) for r in rows] == list(
+            zip(expected["policy"], expected["step"], expected["size"], strict=True)
+        )
+        assert [float(r.accuracy) for r in rows] == pytest.approx(expected["mean"].tolist())
+        assert {r.sessions for r in rows} == {3}
 
     # ------------------------------------------------------------ concurrency
     def test_concurrent_writers_lose_nothing(self, store_url, store):
