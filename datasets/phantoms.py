@@ -342,13 +342,16 @@ class _Phantoms:
                 length = (0.38 + 0.22 * q[:, 0, 1])[:, None, None]
                 pu, pv = side * 0.17, self.hilum_v + 0.06 * (k - 3) / 3
                 du, dv = side * torch.cos(ang), torch.sin(ang)
-                vessels = torch.maximum(vessels, self._segment(u, v, pu, pv, du, dv, length, 0.020, 0.007))
+                bend = (q[:, 0, 2] - 0.5)[:, None, None] * 1.6
+                vessels = torch.maximum(vessels, self._segment(u, v, pu, pv, du, dv, length, 0.022, 0.008, bend=bend))
                 for b in range(1, 3):
                     t0 = (0.3 + 0.35 * q[:, b, 0])[:, None, None]
                     bang = ang + (0.35 + 0.4 * q[:, b, 1])[:, None, None] * (1 if b == 1 else -1)
                     bu, bv = pu + du * length * t0, pv + dv * length * t0
                     blen = length * (1 - t0) * (0.6 + 0.5 * q[:, b, 2])[:, None, None]
-                    seg = self._segment(u, v, bu, bv, side * torch.cos(bang), torch.sin(bang), blen, 0.012, 0.005)
+                    bbend = (q[:, b, 3] - 0.5)[:, None, None] * 2.0
+                    seg = self._segment(u, v, bu, bv, side * torch.cos(bang), torch.sin(bang), blen, 0.013, 0.006,
+                                        bend=bbend)
                     vessels = torch.maximum(vessels, seg)
         self._maps = {"u": u, "v": v, "air": air, "lung": lung, "heart": heart, "vessels": vessels}
 
@@ -363,7 +366,7 @@ class _Phantoms:
             add[idx] += delta
             vessel_keep[idx] *= keep
             footprints[name] = (idx, foot)
-        att = att + 0.07 * vessels * air * vessel_keep + add
+        att = att + 0.06 * vessels * air * vessel_keep + add
 
         # texture and film response
         tex = 0.025 * self._up(self.texture_lo) + 0.012 * self._up(self.texture_mid)
@@ -384,12 +387,12 @@ class _Phantoms:
                 findings[i].append(Finding(name, box))
         return img.unsqueeze(1).contiguous(), labels, findings
 
-    def _segment(self, u, v, pu, pv, du, dv, length, w0, w1, fade=0.5) -> torch.Tensor:
+    def _segment(self, u, v, pu, pv, du, dv, length, w0, w1, fade=0.5, bend=0.0) -> torch.Tensor:
         """A tapered line from ``(pu, pv)`` along unit ``(du, dv)``: 1 on its axis, Gaussian across,
-        fading by ``fade`` towards its end."""
+        fading by ``fade`` towards its end and curving sideways by ``bend * along**2``."""
         ru, rv = u - pu, v - pv
         along = ru * du + rv * dv
-        across = -ru * dv + rv * du
+        across = -ru * dv + rv * du - bend * along.clamp(min=0) ** 2
         t = (along / length).clamp(0, 1)
         width = w0 + (w1 - w0) * t + 0.5 / self.S
         ends = _sig(along / 0.01) * _sig((length - along) / 0.02)
@@ -480,10 +483,10 @@ class _Phantoms:
         return delta, 1 - rim, rim
 
     def _f_pleural_thickening(self, idx):
-        shrink = 0.88 + 0.04 * self._p("Pleural_Thickening", idx, "r")
+        shrink = 0.84 + 0.05 * self._p("Pleural_Thickening", idx, "r")
         lung, inner, window = self._pleural_rim("Pleural_Thickening", idx, shrink)
         band = lung * (1 - inner) * window
-        return 0.30 * band, 1 - band, band
+        return 0.40 * band, 1 - band, band
 
     def _f_cardiomegaly(self, idx):
         u, v, heart = self._sub(idx, "u", "v", "heart")
@@ -584,12 +587,12 @@ class _Phantoms:
         u, v = self._sub(idx, "u", "v")
         cu = 0.02 + 0.10 * self._p("Hernia", idx, "angle")
         cv = self.vd[idx] - 0.16 - 0.06 * self._p("Hernia", idx, "r2")
-        r = 0.12 + 0.05 * self._p("Hernia", idx, "r")
+        r = 0.14 + 0.06 * self._p("Hernia", idx, "r")
         d = torch.sqrt((u - cu) ** 2 + ((v - cv) * 1.15) ** 2)
         inside = _sig((r - d) / (self.edge * 0.8))
         gas = inside * _sig(((cv - 0.15 * r) - v) / (self.edge * 0.5))
         wall = torch.exp(-(((d - r) / (0.012 + 0.6 / self.S)) ** 2))
-        return 0.06 * inside - 0.26 * gas + 0.10 * wall, torch.ones_like(u), inside
+        return 0.08 * inside - 0.36 * gas + 0.12 * wall, torch.ones_like(u), inside
 
 
 def _bboxes(foot: torch.Tensor, threshold: float = 0.3) -> list[tuple[int, int, int, int]]:
