@@ -3,8 +3,81 @@
 Images are float32 ``(B, 1, H, W)`` in [0, 1] (MONOCHROME2: air dark, bone bright); masks the same
 shape in {0, 1} with 1 = observed; labels ``(B, L)`` float32 with NaN = unknown. This package
 imports nothing else of the project.
+
+Sources, all behind :func:`open_dataset`:
+
+- ``"phantoms"``: procedural chest radiographs with localized findings (:mod:`datasets.phantoms`);
+- ``"nih"``: NIH ChestX-ray14 (:mod:`datasets.nih`);
+- ``"dicom"``: a folder of CR/DX DICOM files, optionally with a labels CSV (:mod:`datasets.dicom`);
+- ``"folder"``: a folder of PNG/JPEG images with a labels CSV (:mod:`datasets.folder`);
+- ``"chestxray"``: ChestX-ray14 when a data root is given (argument or ``BOED_DATA_ROOT``), else
+  the phantoms.
 """
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
 
 from datasets.labels import ANY, FINDINGS, LABELS
 
-__all__ = ["ANY", "FINDINGS", "LABELS"]
+if TYPE_CHECKING:
+    from datasets.base import ImageDataset
+
+__all__ = ["ANY", "DATA_ROOT_ENV", "FINDINGS", "IMAGE_SOURCES", "LABELS", "open_dataset"]
+
+IMAGE_SOURCES = ("chestxray", "phantoms", "nih", "dicom", "folder")
+DATA_ROOT_ENV = "BOED_DATA_ROOT"
+
+
+def open_dataset(
+    images: str = "chestxray",
+    *,
+    split: str = "train",
+    size: int = 64,
+    n: int | None = None,
+    data_root: str | os.PathLike | None = None,
+    seed: int = 0,
+    skip_bad: bool = False,
+    prevalence: float = 0.5,
+) -> ImageDataset:
+    """Open an image source as an :class:`~datasets.base.ImageDataset`.
+
+    Args:
+        images: one of :data:`IMAGE_SOURCES`.
+        split: "train", "val" or "test" ("all" for file sources: every image).
+        size: side of the square images returned (file images are centre-cropped and resized).
+        n: number of images (phantoms: default 2,000/500/500; files: a seeded subset, default all).
+        data_root: folder of a file source; for "chestxray" and "nih" also ``$BOED_DATA_ROOT``.
+        seed: phantom seed; seed of the subset and of splits made without official lists.
+        skip_bad: skip (and list in ``ds.skipped``) bad files and label rows instead of raising.
+        prevalence: phantoms only: fraction of images with at least one finding.
+
+    Raises:
+        DatasetError: unknown source, missing data root, or bad input (names the file and reason).
+    """
+    from datasets.errors import DatasetError
+
+    if images not in IMAGE_SOURCES:
+        raise DatasetError(f"unknown image source {images!r}; valid: {', '.join(IMAGE_SOURCES)}")
+    if data_root is None and images in ("chestxray", "nih"):
+        data_root = os.environ.get(DATA_ROOT_ENV) or None
+    if images == "chestxray":
+        images = "nih" if data_root is not None else "phantoms"
+    if images == "phantoms":
+        from datasets.phantoms import PhantomDataset
+
+        return PhantomDataset(split=split, size=size, n=n, seed=seed, prevalence=prevalence)
+    if data_root is None:
+        raise DatasetError(f"--images {images} needs a data root (--data-root PATH or ${DATA_ROOT_ENV})")
+    if images == "nih":
+        from datasets.nih import NIHDataset
+
+        return NIHDataset(data_root, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
+    if images == "dicom":
+        from datasets.dicom import DicomDataset
+
+        return DicomDataset(data_root, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
+    from datasets.folder import FolderDataset
+
+    return FolderDataset(data_root, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.base import SPLITS, ImageDataset, check_split
+from datasets.errors import DatasetError
 from datasets.labels import FINDINGS, LABELS
 
-__all__ = ["FINDING_WEIGHTS", "Finding", "PhantomBatch", "generate_phantoms"]
+__all__ = ["FINDING_WEIGHTS", "Finding", "PhantomBatch", "PhantomDataset", "generate_phantoms", "phantom_block"]
 
 BLOCK = 64  # images per seeded block
 
@@ -103,15 +105,78 @@ def generate_phantoms(n: int, size: int = 64, seed: int = 0, prevalence: float =
     images, labels, findings = [], [], []
     for block in range(math.ceil(n / BLOCK)):
         m = min(BLOCK, n - block * BLOCK)
-        state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, block, 0x70A7]).generate_state(2, np.uint64)
-        gen = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-        img, lab, fnd = _Phantoms(BLOCK, size, gen, prevalence).truncate(m).render()
-        images.append(img[:m])
-        labels.append(lab[:m])
-        findings.extend(fnd[:m])
+        img, lab, fnd = phantom_block(block, size, seed, prevalence, m)
+        images.append(img)
+        labels.append(lab)
+        findings.extend(fnd)
     if not images:
         return PhantomBatch(torch.zeros(0, 1, size, size), torch.zeros(0, len(LABELS)), [])
     return PhantomBatch(torch.cat(images), torch.cat(labels), findings)
+
+
+def phantom_block(block: int, size: int, seed: int, prevalence: float, m: int = BLOCK) -> PhantomBatch:
+    """The first ``m`` images of block ``block`` (images ``block * BLOCK ...``) of a seed."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, block, 0x70A7])
+    gen = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    with torch.inference_mode():
+        img, lab, fnd = _Phantoms(BLOCK, size, gen, prevalence).truncate(m).render()
+    return PhantomBatch(img.clone(), lab.clone(), fnd)
+
+
+class PhantomDataset(ImageDataset):
+    """Phantoms as an :class:`~datasets.base.ImageDataset`; images are generated lazily by block.
+
+    Splits use disjoint seeds (derived from ``(seed, split)``), so val and test are held out.
+    Nothing is cached on disk; up to ``cache_blocks`` blocks stay in memory.
+    """
+
+    DEFAULT_N = {"train": 2000, "val": 500, "test": 500, "all": 3000}
+
+    def __init__(self, split: str = "train", size: int = 64, n: int | None = None, seed: int = 0,
+                 prevalence: float = 0.5, cache_blocks: int = 4):
+        self.split = check_split(split)
+        if split == "all":
+            raise DatasetError("phantoms have no 'all' split; use train, val or test")
+        self.size, self.seed, self.prevalence = int(size), int(seed), float(prevalence)
+        if self.size < 16:
+            raise DatasetError(f"size must be >= 16, got {size}")
+        if not 0.0 <= self.prevalence <= 1.0:
+            raise DatasetError(f"prevalence must be in [0, 1], got {prevalence}")
+        self.n = self.DEFAULT_N[split] if n is None else int(n)
+        if self.n < 0:
+            raise DatasetError(f"n must be >= 0, got {n}")
+        # disjoint seeds per split: a 63-bit seed from (seed, split)
+        state = np.random.SeedSequence([self.seed & 0xFFFFFFFF, SPLITS.index(split), 0x5E1D])
+        self.split_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+        self.labels = LABELS
+        self.ids = [f"phantom-{split}-{i:06d}" for i in range(self.n)]
+        self.skipped = []
+        self._cache: dict[int, PhantomBatch] = {}
+        self._cache_blocks = max(1, cache_blocks)
+
+    def block(self, b: int) -> PhantomBatch:
+        if b not in self._cache:
+            if len(self._cache) >= self._cache_blocks:
+                self._cache.pop(next(iter(self._cache)))
+            m = min(BLOCK, self.n - b * BLOCK)
+            self._cache[b] = phantom_block(b, self.size, self.split_seed, self.prevalence, m)
+        return self._cache[b]
+
+    def _load(self, i: int):
+        batch = self.block(i // BLOCK)
+        return batch.images[i % BLOCK], batch.labels[i % BLOCK]
+
+    def findings(self, i: int) -> list[Finding]:
+        """The findings (with bboxes) of image ``i``."""
+        return self.block(i // BLOCK).findings[i % BLOCK]
+
+    def tensors(self):
+        batch = generate_phantoms(self.n, self.size, self.split_seed, self.prevalence)
+        return batch.images, batch.labels
+
+    def describe(self) -> dict:
+        return {"source": "phantoms", "split": self.split, "size": self.size, "n": self.n, "seed": self.seed,
+                "prevalence": self.prevalence, "generator": "datasets.phantoms v1", "labels": list(self.labels)}
 
 
 def _sig(x: torch.Tensor) -> torch.Tensor:
