@@ -1,0 +1,76 @@
+"""NIH ChestX-ray14 (Wang et al., 2017) from a local copy.
+
+Layout accepted under the data root: ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv``
+(``Patient Gender`` or ``Patient Sex``), images ``NNNNNNNN_NNN.png`` in the root, in ``images/``,
+in ``images_0XX/`` or in ``images_0XX/images/``. The official ``train_val_list.txt`` /
+``test_list.txt`` give the test split when present (val = a seeded 10% of the train/val patients);
+otherwise the split is a seeded 70/10/20 split by patient. Images are 8-bit PNGs (a few RGBA),
+read as grey levels / 255 and resized to ``size``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from datasets.base import seeded_split
+from datasets.errors import DatasetError
+from datasets.folder import FileDataset
+from datasets.tables import LabelTable, read_labels_csv
+
+CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+REQUIRED = ("Image Index", "Finding Labels", "Patient ID")
+
+
+class NIHDataset(FileDataset):
+    """ChestX-ray14 as an :class:`~datasets.base.ImageDataset` (labels: the 14 findings + Any)."""
+
+    source = "nih"
+    suffixes = (".png",)
+
+    def discover(self) -> list[Path]:
+        dirs = [self.root, self.root / "images"]
+        for d in sorted(self.root.glob("images_*")):
+            dirs += [d, d / "images"]
+        out = []
+        for d in dirs:
+            if d.is_dir():
+                with os.scandir(d) as it:
+                    out += [Path(e.path) for e in it if e.is_file() and e.name.lower().endswith(".png")]
+        return sorted(out)
+
+    def default_csv(self) -> Path | None:
+        for name in CSV_NAMES:
+            if (self.root / name).is_file():
+                return self.root / name
+        raise DatasetError(f"no {' or '.join(CSV_NAMES)} in the ChestX-ray14 data root", self.root)
+
+    def read_table(self, labels_csv) -> LabelTable:
+        path = Path(labels_csv) if labels_csv is not None else self.default_csv()
+        import pandas as pd
+
+        try:
+            header = [c.strip() for c in pd.read_csv(path, nrows=0).columns]
+        except Exception as exc:
+            raise DatasetError(f"unreadable CSV ({type(exc).__name__}: {exc})", path) from None
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise DatasetError(f"missing column(s) {', '.join(missing)} (found: {', '.join(header)})", path)
+        table = read_labels_csv(path, skip_bad=self.skip_bad, require_patient=True)
+        self.skipped.extend(table.skipped)
+        return table
+
+    def choose(self, keys: list[str], patients: list[str] | None) -> set[str]:
+        if self.split == "all":
+            return set(keys)
+        test_list, train_list = self.root / "test_list.txt", self.root / "train_val_list.txt"
+        if not (test_list.is_file() and train_list.is_file()):
+            return super().choose(keys, patients)
+        test = set(test_list.read_text().split())
+        if self.split == "test":
+            return {k for k in keys if k in test}
+        train_val = set(train_list.read_text().split())
+        pairs = [(k, p) for k, p in zip(keys, patients, strict=True) if k in train_val]
+        val_patients = seeded_split([p for _, p in pairs], "train", self.seed, (0.1, 0.0, 0.9))
+        want_val = self.split == "val"
+        return {k for k, p in pairs if (p in val_patients) == want_val}
