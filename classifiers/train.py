@@ -76,16 +76,33 @@ def training_masks(n: int, size: int, config: TrainConfig, generator: torch.Gene
     return masks
 
 
-def batches(images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, generator: torch.Generator):
-    """Endless ``(x, m, y)`` batches: reshuffled epochs, fresh masks, all drawn from ``generator``."""
+def batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    *,
+    start_step: int = 0,
+    rank: int = 0,
+):
+    """Endless ``(x, m, y)`` batches from step ``start_step`` on.
+
+    Epoch ``e`` visits the images in a permutation seeded by ``(seed, rank, e)``, so a resumed run
+    picks up in the middle of an epoch exactly; the masks are drawn from ``generator`` (whose state
+    the resume file holds).
+    """
     n, size = images.shape[0], images.shape[-1]
     if n < 1:
         raise ClassifierError("the training split is empty")
+    bs = min(config.batch_size, n)
+    per_epoch = n // bs
+    step = start_step
     while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - config.batch_size + 1 if n >= config.batch_size else 1, config.batch_size):
-            idx = order[start : start + config.batch_size]
-            yield images[idx], training_masks(len(idx), size, config, generator), labels[idx]
+        epoch, k = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + rank * 7_919 + epoch))
+        idx = order[k * bs : (k + 1) * bs]
+        yield images[idx], training_masks(len(idx), size, config, generator), labels[idx]
+        step += 1
 
 
 class Validator:
@@ -322,14 +339,14 @@ def train_classifier(
         if improved:
             best = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
             best_metrics = {**metrics, "step": st.step}
+        save_train_state(
+            out, model=model, optimizer=optimizer, ema=ema, best=best, generator=generator, state=st,
+            extra=run_meta | {"best_metrics": best_metrics, "history": history},
+        )
         say(
             f"step {st.step}: train loss {record['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
             f"AUROC(Any) masked {metrics['val_auroc_any_masked']:.3f} full {metrics['val_auroc_any_full']:.3f}"
             + (" *" if improved else "")
-        )
-        save_train_state(
-            out, model=model, optimizer=optimizer, ema=ema, best=best, generator=generator, state=st,
-            extra=run_meta | {"best_metrics": best_metrics, "history": history},
         )
 
     callbacks = [validate]
@@ -355,7 +372,7 @@ def train_classifier(
             bar.start()
         state = train(
             loss_fn, model.parameters(), optimizer,
-            batches(x_train, y_train, tcfg, generator), tcfg.steps,
+            batches(x_train, y_train, tcfg, generator, start_step=state.step, rank=dist.rank), tcfg.steps,
             state=state, scheduler=scheduler, grad_clip=tcfg.grad_clip, skip_threshold=tcfg.skip_threshold,
             ema=ema, ema_model=model, callbacks=callbacks,
         )

@@ -1,0 +1,142 @@
+"""Training: a tiny run end to end, reproducibility, resume, schedule, bad data, DDP."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fakes import FakeDataset
+
+from boed.runtime.checkpoints import load_checkpoint
+from classifiers import ClassifierError, load_classifier
+from classifiers.config import TrainConfig
+from classifiers.train import lr_factor, train_classifier, training_masks
+
+QUIET = {"log": lambda *_: None}
+
+
+def _train(out, train, val, **overrides):
+    return train_classifier(
+        out, preset="tiny", device="cpu", train_set=train, val_set=val,
+        train_overrides={"steps": 8, "val_every": 4, **overrides}, **QUIET,
+    )
+
+
+def test_tiny_run_writes_a_complete_checkpoint(tiny_checkpoint):
+    clf = load_classifier(tiny_checkpoint)
+    meta = clf.meta
+    assert meta["kind"] == "classifier" and meta["image_size"] == 32
+    assert meta["temperature"] > 0 and meta["data"]["train"]["source"] == "fake"
+    metrics = meta["metrics"]
+    assert {"ece_before", "ece_after", "selected_step", "val_evaluation"} <= set(metrics)
+    assert metrics["ece_after"] <= metrics["ece_before"] + 1e-9
+    names = [c["name"] for c in metrics["val_evaluation"]["conditions"]]
+    assert names == [f"{k} squares" for k in range(6)] + ["full"]
+    assert meta["training"]["state"]["step"] == 12 and len(meta["training"]["history"]) == 2
+    assert Path(f"{tiny_checkpoint}.state.json").exists()
+
+
+def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path, fake_train, fake_val):
+    a = _train(tmp_path / "a", fake_train, fake_val)
+    b = _train(tmp_path / "b", fake_train, fake_val)
+    assert a.meta["sha256"] == b.meta["sha256"]
+    # interrupted after the state saved at step 4, then resumed: the same weights as 8 straight
+
+    def interrupt(message):
+        if message.startswith("step 4:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(
+            tmp_path / "c", preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val,
+            train_overrides={"steps": 8, "val_every": 4}, log=interrupt,
+        )
+    assert not Path(f"{tmp_path / 'c'}.json").exists()
+    c = train_classifier(
+        tmp_path / "c", preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val,
+        resume=True, train_overrides={"steps": 8}, **QUIET,
+    )
+    wa = load_checkpoint(tmp_path / "a.state").tensors
+    wc = load_checkpoint(tmp_path / "c.state").tensors
+    for key in wa:
+        if key.startswith(("model.", "optim.")):
+            assert torch.allclose(wa[key].float(), wc[key].float(), atol=1e-6), key
+    assert c.meta["training"]["state"]["step"] == 8
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path, fake_train, fake_val):
+    with pytest.raises(ClassifierError, match="--resume"):
+        train_classifier(tmp_path / "none", preset="tiny", train_set=fake_train, val_set=fake_val, resume=True)
+
+
+def test_data_that_does_not_fit_the_model(tmp_path, fake_train, fake_val):
+    with pytest.raises(ClassifierError, match=r"needs \(n, 1, 32, 32\)"):
+        _train(tmp_path / "x", FakeDataset(n=16, size=16), fake_val)
+    wrong = FakeDataset(n=16, size=32)
+    wrong.labels = wrong.labels[:-1]
+    with pytest.raises(ClassifierError, match="do not match"):
+        _train(tmp_path / "x", wrong, fake_val)
+
+
+def test_nan_labels_are_ignored(tmp_path, fake_val):
+    result = _train(tmp_path / "n", FakeDataset(n=48, size=32, nan_fraction=0.3), fake_val, steps=4)
+    assert math.isfinite(result.history[-1]["train_loss"])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_frac=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_training_masks_include_full_and_empty():
+    cfg = TrainConfig(p_full=0.3, p_empty=0.3)
+    m = training_masks(400, 16, cfg, torch.Generator().manual_seed(0))
+    frac = m.mean(dim=(1, 2, 3))
+    assert m.shape == (400, 1, 16, 16)
+    assert 0.2 < (frac == 1).float().mean() < 0.4
+    assert (frac == 0).float().mean() > 0.3  # p_empty plus classifier masks with 0 squares
+
+
+DDP_SCRIPT = """
+import sys; sys.path.insert(0, {tests!r})
+import torch
+from fakes import FakeDataset
+from classifiers.train import train_classifier
+train_classifier({out!r}, preset="tiny", device="cpu", train_set=FakeDataset(64, 32, 0), val_set=FakeDataset(32, 32, 1),
+                 train_overrides={{"steps": 4, "val_every": 2}}, log=lambda *_: None)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_process_gloo(tmp_path):
+    """Two processes under torchrun-style environment variables (gloo on CPU); rank 0 writes."""
+    script = tmp_path / "ddp.py"
+    out = tmp_path / "ddp"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = os.environ | {
+            "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd()),
+        }
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["training"]["world_size"] == 2
