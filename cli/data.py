@@ -13,7 +13,9 @@ import typer
 
 from cli.common import console, err_console, user_errors
 
-data_app = typer.Typer(help="Datasets: export the built-in phantoms, preview any image source.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: export the built-in phantoms, preview any image source.", no_args_is_help=True
+)
 
 
 class ImageSource(StrEnum):
@@ -37,14 +39,17 @@ class ExportFormat(StrEnum):
 
 
 IMAGES = typer.Option(
-    ImageSource.chestxray, "--images",
+    ImageSource.chestxray,
+    "--images",
     help="Image source: chestxray (ChestX-ray14 with --data-root or $BOED_DATA_ROOT, else phantoms), "
     "phantoms, nih, dicom, folder.",
 )
 DATA_ROOT = typer.Option(None, "--data-root", help="Folder of a file-based source [env: BOED_DATA_ROOT].")
 SIZE = typer.Option(64, "--size", min=16, help="Image side in pixels.")
 SEED = typer.Option(0, "--seed", help="Phantom seed / subset and split seed.")
-SKIP_BAD = typer.Option(False, "--skip-bad", help="Log and skip bad files and label rows instead of stopping.")
+SKIP_BAD = typer.Option(
+    False, "--skip-bad", help="Log and skip bad files and label rows instead of stopping."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -83,12 +88,22 @@ def export_phantoms(
             raise typer.BadParameter("phantoms have train, val and test splits", param_hint="--split")
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"writing {n} phantoms", total=n)
-            paths = export(out, n=n, size=size, fmt=fmt.value, seed=seed, split=split.value, prevalence=prevalence,
-                           overwrite=overwrite, progress=lambda k: progress.advance(task, k))
+            paths = export(
+                out,
+                n=n,
+                size=size,
+                fmt=fmt.value,
+                seed=seed,
+                split=split.value,
+                prevalence=prevalence,
+                overwrite=overwrite,
+                progress=lambda k: progress.advance(task, k),
+            )
     console.print(
         f"wrote {len(paths)} {fmt.value} images of {size}x{size} to {out / 'images'}, "
         f"labels {out / 'Data_Entry_2017_v2020.csv'}, boxes {out / 'BBox_List_2017.csv'}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     reader = "nih" if fmt == ExportFormat.png else "dicom"
     console.print(f"read back with: --images {reader} --data-root {out}", highlight=False, soft_wrap=True)
@@ -111,12 +126,16 @@ def preview(
     from datasets.preview import write_preview
 
     with user_errors():
-        ds = open_dataset(images.value, split=split.value, size=size, data_root=data_root, seed=seed,
-                          skip_bad=skip_bad)
+        ds = open_dataset(
+            images.value, split=split.value, size=size, data_root=data_root, seed=seed, skip_bad=skip_bad
+        )
         if len(ds) == 0:
             raise typer.BadParameter(f"no images in split {split.value}", param_hint="--split")
         path = write_preview(ds, out, n=n, cols=cols)
         _report_skipped(ds)
     d = ds.describe()
-    console.print(f"wrote {path}: {min(n, len(ds))} of {len(ds)} {d['source']} images ({split.value}, {size} px)",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {path}: {min(n, len(ds))} of {len(ds)} {d['source']} images ({split.value}, {size} px)",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -83,8 +83,9 @@ def to_square(img: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     r0, c0 = (h - side) // 2, (w - side) // 2
     t = t[r0 : r0 + side, c0 : c0 + side]
     if side != size:
-        t = F.interpolate(t[None, None], size=(size, size), mode="bilinear", antialias=side > size,
-                          align_corners=False)[0, 0]
+        t = F.interpolate(
+            t[None, None], size=(size, size), mode="bilinear", antialias=side > size, align_corners=False
+        )[0, 0]
     return t.unsqueeze(0).contiguous()
 
 

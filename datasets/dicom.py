@@ -72,17 +72,20 @@ def _check_header(ds, path: Path) -> str:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = getattr(ds, "SOPClassUID", None)
         what = f"{sop.name}" if sop is not None else "unknown SOP class"
-        raise DatasetError(f"no pixel data: not an image object ({what}, modality {ds.get('Modality', '?')})", path)
+        raise DatasetError(
+            f"no pixel data: not an image object ({what}, modality {ds.get('Modality', '?')})", path
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise DatasetError(f"multi-frame object ({frames} frames) is not supported; expected one 2-D radiograph",
-                           path)
+        raise DatasetError(
+            f"multi-frame object ({frames} frames) is not supported; expected one 2-D radiograph", path
+        )
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DatasetError(
-            f"colour or unsupported photometric interpretation {photometric or '?'} (SamplesPerPixel={samples});"
-            " expected MONOCHROME1 or MONOCHROME2",
+            f"colour or unsupported photometric interpretation {photometric or '?'}"
+            f" (SamplesPerPixel={samples}); expected MONOCHROME1 or MONOCHROME2",
             path,
         )
     meta = getattr(ds, "file_meta", None)
@@ -230,8 +233,14 @@ class DicomDataset(FileDataset):
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
-def new_dicom(stored: np.ndarray, *, bits_stored: int = 12, photometric: str = "MONOCHROME2", signed: bool = False,
-              transfer_syntax: str | None = None):
+def new_dicom(
+    stored: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    photometric: str = "MONOCHROME2",
+    signed: bool = False,
+    transfer_syntax: str | None = None,
+):
     """A minimal single-frame DX dataset holding ``stored`` values (for export and tests).
 
     ``transfer_syntax`` (default Explicit VR Little Endian) sets the file meta; compressing is the

@@ -83,10 +83,25 @@ def export_phantoms(
         if fmt == "png":
             _write_png(path, img)
         else:
-            _write_dicom(path, img, patient=f"{i + 1:08d}", age=age, sex=sex, spacing=spacing, seed=seed, index=i)
+            _write_dicom(
+                path, img, patient=f"{i + 1:08d}", age=age, sex=sex, spacing=spacing, seed=seed, index=i
+            )
         paths.append(path)
-        rows.append([name, finding_labels_string(item["lab"].numpy()), 0, i + 1, age, sex, "PA", size, size,
-                     f"{spacing:.4f}", f"{spacing:.4f}"])
+        rows.append(
+            [
+                name,
+                finding_labels_string(item["lab"].numpy()),
+                0,
+                i + 1,
+                age,
+                sex,
+                "PA",
+                size,
+                size,
+                f"{spacing:.4f}",
+                f"{spacing:.4f}",
+            ]
+        )
         for f in ds.findings(i):
             r0, c0, r1, c1 = f.bbox
             boxes.append([name, f.name, c0, r0, c1 - c0, r1 - r0])
@@ -107,8 +122,9 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     Image.fromarray(np.round(img * 255).astype(np.uint8), mode="L").save(path)
 
 
-def _write_dicom(path: Path, img: np.ndarray, *, patient: str, age: int, sex: str, spacing: float, seed: int,
-                 index: int) -> None:
+def _write_dicom(
+    path: Path, img: np.ndarray, *, patient: str, age: int, sex: str, spacing: float, seed: int, index: int
+) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -46,7 +46,9 @@ def _side(size: int, side_frac: float) -> int:
     return max(1, min(size, round(side_frac * size)))
 
 
-def _boxes_to_masks(rows: torch.Tensor, cols: torch.Tensor, side: int, size: int, keep: torch.Tensor) -> torch.Tensor:
+def _boxes_to_masks(
+    rows: torch.Tensor, cols: torch.Tensor, side: int, size: int, keep: torch.Tensor
+) -> torch.Tensor:
     """Union of ``K`` squares per image: ``rows``, ``cols``, ``keep`` are ``(n, K)``; -> ``(n, 1, S, S)``."""
     ar = torch.arange(size)
     in_rows = ((ar >= rows[..., None]) & (ar < rows[..., None] + side) & keep[..., None]).float()  # (n, K, S)
@@ -85,7 +87,9 @@ def _uniform_count_squares(n: int, size: int, side_frac: float, max_squares: int
     return _random_squares(counts, max_squares, size, _side(size, side_frac), generator)
 
 
-def aipo_masks(n: int, size: int, generator: torch.Generator | None = None, max_squares: int = 5) -> torch.Tensor:
+def aipo_masks(
+    n: int, size: int, generator: torch.Generator | None = None, max_squares: int = 5
+) -> torch.Tensor:
     """AIPO training masks: ``k ~ Uniform{0..max_squares}`` observed squares of side 35% of the image."""
     return _uniform_count_squares(n, size, 0.35, max_squares, generator)
 
@@ -206,7 +210,9 @@ def grid_locations(size: int, patch: int, grid: int = 17) -> torch.Tensor:
         raise ValueError(f"patch {patch} must be in [1, {size}]")
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
-    steps = torch.linspace(0, size - patch, grid).round().long() if grid > 1 else torch.zeros(1, dtype=torch.long)
+    steps = (
+        torch.linspace(0, size - patch, grid).round().long() if grid > 1 else torch.zeros(1, dtype=torch.long)
+    )
     rows, cols = torch.meshgrid(steps, steps, indexing="ij")
     return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
 

@@ -42,7 +42,14 @@ from datasets.base import SPLITS, ImageDataset, check_split
 from datasets.errors import DatasetError
 from datasets.labels import FINDINGS, LABELS
 
-__all__ = ["FINDING_WEIGHTS", "Finding", "PhantomBatch", "PhantomDataset", "generate_phantoms", "phantom_block"]
+__all__ = [
+    "FINDING_WEIGHTS",
+    "Finding",
+    "PhantomBatch",
+    "PhantomDataset",
+    "generate_phantoms",
+    "phantom_block",
+]
 
 BLOCK = 64  # images per seeded block
 
@@ -132,8 +139,15 @@ class PhantomDataset(ImageDataset):
 
     DEFAULT_N = {"train": 2000, "val": 500, "test": 500, "all": 3000}
 
-    def __init__(self, split: str = "train", size: int = 64, n: int | None = None, seed: int = 0,
-                 prevalence: float = 0.5, cache_blocks: int = 4):
+    def __init__(
+        self,
+        split: str = "train",
+        size: int = 64,
+        n: int | None = None,
+        seed: int = 0,
+        prevalence: float = 0.5,
+        cache_blocks: int = 4,
+    ):
         self.split = check_split(split)
         if split == "all":
             raise DatasetError("phantoms have no 'all' split; use train, val or test")
@@ -175,8 +189,16 @@ class PhantomDataset(ImageDataset):
         return batch.images, batch.labels
 
     def describe(self) -> dict:
-        return {"source": "phantoms", "split": self.split, "size": self.size, "n": self.n, "seed": self.seed,
-                "prevalence": self.prevalence, "generator": "datasets.phantoms v1", "labels": list(self.labels)}
+        return {
+            "source": "phantoms",
+            "split": self.split,
+            "size": self.size,
+            "n": self.n,
+            "seed": self.seed,
+            "prevalence": self.prevalence,
+            "generator": "datasets.phantoms v1",
+            "labels": list(self.labels),
+        }
 
 
 def _sig(x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +253,9 @@ class _Phantoms:
         self.heart_u = U(0.04, 0.09)
         self.heart_h = U(0.27, 0.32)
         self.rib_phase = U(-0.03, 0.03)
-        self.vessel_params = torch.rand(self.m, 2, 7, 3, 6, generator=self.g)  # side, primary, branch, 6 numbers
+        self.vessel_params = torch.rand(
+            self.m, 2, 7, 3, 6, generator=self.g
+        )  # side, primary, branch, 6 numbers
         self.hilum_v = U(-0.1, 0.0)
         self.bubble = (torch.rand(self.m, 1, 1, generator=self.g) < 0.7).float() * U(0.06, 0.1)
         self.contrast = U(2.0, 2.8)
@@ -245,8 +269,11 @@ class _Phantoms:
     def _draw_findings(self) -> None:
         m, g = self.m, self.g
         positive = torch.rand(m, generator=g) < self.prevalence
-        count = 1 + torch.searchsorted(torch.tensor(np.cumsum(_COUNT_PROBS)[:-1], dtype=torch.float32),
-                                       torch.rand(m, generator=g), right=True)
+        count = 1 + torch.searchsorted(
+            torch.tensor(np.cumsum(_COUNT_PROBS)[:-1], dtype=torch.float32),
+            torch.rand(m, generator=g),
+            right=True,
+        )
         weights = torch.tensor([FINDING_WEIGHTS[f] for f in FINDINGS])
         order = torch.multinomial(weights.expand(m, -1), len(_COUNT_PROBS), replacement=False, generator=g)
         present = torch.zeros(m, len(FINDINGS), dtype=torch.bool)
@@ -394,7 +421,9 @@ class _Phantoms:
         for side in (-1.0, 1.0):
             a = side * u
             centre = -0.70 - 0.16 * (a - 0.06) + 0.12 * (a - 0.35) ** 2
-            clav = _sig((0.034 - (v - centre).abs()) / (w * 0.7)) * _sig((a - 0.06) / w) * _sig((0.66 - a) / w)
+            clav = (
+                _sig((0.034 - (v - centre).abs()) / (w * 0.7)) * _sig((a - 0.06) / w) * _sig((0.66 - a) / w)
+            )
             bones = bones + 0.22 * clav
         att = att + bones * body
 
@@ -408,15 +437,18 @@ class _Phantoms:
                 pu, pv = side * 0.17, self.hilum_v + 0.06 * (k - 3) / 3
                 du, dv = side * torch.cos(ang), torch.sin(ang)
                 bend = (q[:, 0, 2] - 0.5)[:, None, None] * 1.6
-                vessels = torch.maximum(vessels, self._segment(u, v, pu, pv, du, dv, length, 0.022, 0.008, bend=bend))
+                vessels = torch.maximum(
+                    vessels, self._segment(u, v, pu, pv, du, dv, length, 0.022, 0.008, bend=bend)
+                )
                 for b in range(1, 3):
                     t0 = (0.3 + 0.35 * q[:, b, 0])[:, None, None]
                     bang = ang + (0.35 + 0.4 * q[:, b, 1])[:, None, None] * (1 if b == 1 else -1)
                     bu, bv = pu + du * length * t0, pv + dv * length * t0
                     blen = length * (1 - t0) * (0.6 + 0.5 * q[:, b, 2])[:, None, None]
                     bbend = (q[:, b, 3] - 0.5)[:, None, None] * 2.0
-                    seg = self._segment(u, v, bu, bv, side * torch.cos(bang), torch.sin(bang), blen, 0.013, 0.006,
-                                        bend=bbend)
+                    seg = self._segment(
+                        u, v, bu, bv, side * torch.cos(bang), torch.sin(bang), blen, 0.013, 0.006, bend=bbend
+                    )
                     vessels = torch.maximum(vessels, seg)
         self._maps = {"u": u, "v": v, "air": air, "lung": lung, "heart": heart, "vessels": vessels}
 
@@ -439,7 +471,9 @@ class _Phantoms:
         img = 1 - torch.exp(-self.contrast * att.clamp(min=0))
         img = img / (1 - torch.exp(-self.contrast * 0.75))
         img = img.clamp(0, 1) ** self.gamma
-        noise = torch.stack([torch.randn(S, S, generator=torch.Generator().manual_seed(int(k))) for k in self.noise_seed])
+        noise = torch.stack(
+            [torch.randn(S, S, generator=torch.Generator().manual_seed(int(k))) for k in self.noise_seed]
+        )
         noise = noise * self.noise_sd
         img = (img + noise).clamp(0, 1)
 
@@ -476,7 +510,9 @@ class _Phantoms:
         cu, cv = self._sub_point(name, idx, margin=r_hi)
         ang = torch.atan2(v - cv, u - cu)
         ph = self._p(name, idx, "phase")
-        rr = r * (1 + lobes * torch.cos(3 * ang + ph[..., :1]) + 0.6 * lobes * torch.cos(5 * ang + ph[..., 1:2]))
+        rr = r * (
+            1 + lobes * torch.cos(3 * ang + ph[..., :1]) + 0.6 * lobes * torch.cos(5 * ang + ph[..., 1:2])
+        )
         d = torch.sqrt((u - cu) ** 2 + (v - cv) ** 2)
         inside = _sig((rr - d) / (self.edge * 0.8))
         profile = torch.sqrt((1 - (d / rr) ** 2).clamp(min=0)) * 0.5 + 0.5
@@ -507,8 +543,21 @@ class _Phantoms:
         """A shallow view of this block restricted to images ``idx`` (for shape functions)."""
         view = object.__new__(_Phantoms)
         view.__dict__.update(self.__dict__)
-        for key in ("scale", "tx", "ty", "rot", "body_w", "lung_w", "apex", "vd", "dome_h", "right_up",
-                    "heart_w", "heart_u", "heart_h"):
+        for key in (
+            "scale",
+            "tx",
+            "ty",
+            "rot",
+            "body_w",
+            "lung_w",
+            "apex",
+            "vd",
+            "dome_h",
+            "right_up",
+            "heart_w",
+            "heart_u",
+            "heart_h",
+        ):
             setattr(view, key, getattr(self, key)[idx])
         return view
 
@@ -580,8 +629,20 @@ class _Phantoms:
         ph = self._p("Consolidation", idx, "phase")
         for k in range(3):
             ang = torch.atan2(-0.05 - cv, torch.sign(cu) * 0.17 - cu) + (ph[..., k : k + 1] - math.pi) * 0.25
-            bron = torch.maximum(bron, self._segment(u, v, cu - 0.1 * torch.cos(ang), cv - 0.1 * torch.sin(ang),
-                                                     torch.cos(ang), torch.sin(ang), 0.2, 0.012, 0.006))
+            bron = torch.maximum(
+                bron,
+                self._segment(
+                    u,
+                    v,
+                    cu - 0.1 * torch.cos(ang),
+                    cv - 0.1 * torch.sin(ang),
+                    torch.cos(ang),
+                    torch.sin(ang),
+                    0.2,
+                    0.012,
+                    0.006,
+                ),
+            )
         delta = 0.34 * region - 0.16 * bron * region
         return delta, 1 - region, region
 
@@ -606,14 +667,17 @@ class _Phantoms:
         ang = (self._p("Atelectasis", idx, "angle") - 0.5) * 0.7  # near-horizontal plate
         length = 0.26 + 0.12 * self._p("Atelectasis", idx, "r")
         du, dv = torch.cos(ang), torch.sin(ang)
-        plate = self._segment(u, v, cu - du * length / 2, cv - dv * length / 2, du, dv, length, 0.040, 0.030, 0.0)
+        plate = self._segment(
+            u, v, cu - du * length / 2, cv - dv * length / 2, du, dv, length, 0.040, 0.030, 0.0
+        )
         lung = self._sub(idx, "lung")[0]
         region = plate * lung
         return 0.34 * region, 1 - region, region
 
     def _f_fibrosis(self, idx):
-        u, v, cu, cv, dist, field = self._blob("Fibrosis", idx, 0.15, 0.20, 0.3, 0.12, vlo=-0.2, vhi=0.45,
-                                               alo=0.35, ahi=0.72)
+        u, v, cu, cv, dist, field = self._blob(
+            "Fibrosis", idx, 0.15, 0.20, 0.3, 0.12, vlo=-0.2, vhi=0.45, alo=0.35, ahi=0.72
+        )
         lung = self._sub(idx, "lung")[0]
         envelope = _sig((1 - dist) / 0.12) * lung
         ph = self._p("Fibrosis", idx, "phase")

@@ -12,13 +12,38 @@ from datasets.labels import FINDINGS
 
 # short names so titles fit under small panels
 SHORT = {
-    "Atelectasis": "Atel", "Cardiomegaly": "Cardio", "Effusion": "Effus", "Infiltration": "Infil",
-    "Mass": "Mass", "Nodule": "Nodule", "Pneumonia": "Pneum", "Pneumothorax": "PTX", "Consolidation": "Consol",
-    "Edema": "Edema", "Emphysema": "Emph", "Fibrosis": "Fibro", "Pleural_Thickening": "PlThick", "Hernia": "Hernia",
+    "Atelectasis": "Atel",
+    "Cardiomegaly": "Cardio",
+    "Effusion": "Effus",
+    "Infiltration": "Infil",
+    "Mass": "Mass",
+    "Nodule": "Nodule",
+    "Pneumonia": "Pneum",
+    "Pneumothorax": "PTX",
+    "Consolidation": "Consol",
+    "Edema": "Edema",
+    "Emphysema": "Emph",
+    "Fibrosis": "Fibro",
+    "Pleural_Thickening": "PlThick",
+    "Hernia": "Hernia",
 }
 # one fixed colour per finding (tab20 order), so a finding looks the same in every preview
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5")
+COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+)
 
 
 def label_text(names, values: np.ndarray) -> str:
@@ -32,8 +57,15 @@ def label_text(names, values: np.ndarray) -> str:
     return text + (f" (+{unknown}?)" if unknown and present else "")
 
 
-def write_preview(ds: ImageDataset, out: str | Path, *, n: int = 16, cols: int | None = None,
-                  title: str | None = None, dpi: int = 100) -> Path:
+def write_preview(
+    ds: ImageDataset,
+    out: str | Path,
+    *,
+    n: int = 16,
+    cols: int | None = None,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
     """Write a grid of the first ``n`` images of ``ds`` to ``out`` (PNG) and return the path."""
     import matplotlib
 

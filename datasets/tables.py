@@ -21,8 +21,20 @@ FINDING_LABELS = "Finding Labels"
 PATIENT_COLUMNS = ("Patient ID", "patient", "patient_id", "PatientID", "subject_id")
 # NIH metadata columns (and the pieces of the ones whose names were split at commas)
 META_COLUMNS = {
-    "follow-up #", "patient id", "patient age", "patient gender", "patient sex", "view position",
-    "originalimage[width", "height]", "originalimagepixelspacing[x", "y]", "age", "sex", "gender", "view",
+    "follow-up #",
+    "patient id",
+    "patient age",
+    "patient gender",
+    "patient sex",
+    "view position",
+    "originalimage[width",
+    "height]",
+    "originalimagepixelspacing[x",
+    "y]",
+    "age",
+    "sex",
+    "gender",
+    "view",
 }
 
 
@@ -61,7 +73,8 @@ def read_labels_csv(path: str | Path, *, skip_bad: bool = False, require_patient
     id_col = _find(df.columns, ID_COLUMNS)
     if id_col is None:
         raise DatasetError(
-            f"missing image column: need one of {', '.join(ID_COLUMNS[:4])} (found: {', '.join(df.columns)})", path
+            f"missing image column: need one of {', '.join(ID_COLUMNS[:4])} (found: {', '.join(df.columns)})",
+            path,
         )
     patient_col = _find(df.columns, PATIENT_COLUMNS)
     if require_patient and patient_col is None:
@@ -83,11 +96,18 @@ def read_labels_csv(path: str | Path, *, skip_bad: bool = False, require_patient
                 skipped.append((str(path), reason))
         values = np.stack(rows) if rows else np.zeros((0, len(names)), np.float32)
     else:
-        label_cols = [c for c in df.columns if c not in (id_col, patient_col) and c.strip().lower() not in META_COLUMNS
-                      and c and not c.lower().startswith("unnamed")]
+        label_cols = [
+            c
+            for c in df.columns
+            if c not in (id_col, patient_col)
+            and c.strip().lower() not in META_COLUMNS
+            and c
+            and not c.lower().startswith("unnamed")
+        ]
         if not label_cols:
-            raise DatasetError(f"no label columns besides {id_col!r} and metadata (found: {', '.join(df.columns)})",
-                               path)
+            raise DatasetError(
+                f"no label columns besides {id_col!r} and metadata (found: {', '.join(df.columns)})", path
+            )
         names = tuple(label_cols)
         table = np.full((len(df), len(names)), np.nan, dtype=np.float32)
         keep = []
@@ -102,7 +122,9 @@ def read_labels_csv(path: str | Path, *, skip_bad: bool = False, require_patient
                 except ValueError:
                     value = None
                 if value not in (0.0, 1.0):
-                    reason = f"row {i + 2} ({keys[i]}): label {col!r} has value {cell!r}; expected 0, 1 or empty"
+                    reason = (
+                        f"row {i + 2} ({keys[i]}): label {col!r} has value {cell!r}; expected 0, 1 or empty"
+                    )
                     if not skip_bad:
                         raise DatasetError(reason, path)
                     skipped.append((str(path), reason))
