@@ -90,8 +90,9 @@ class RandomPolicy:
 
     def choose(self, state: DecisionState) -> int:
         choices = state.revealing().nonzero().squeeze(1).cpu()
-        pick = torch.randint(len(choices), (1,), generator=state.generator)
-        return int(choices[pick])
+        device = state.generator.device if state.generator is not None else "cpu"
+        pick = torch.randint(len(choices), (1,), generator=state.generator, device=device)
+        return int(choices[int(pick)])
 
 
 class RasterPolicy:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from boed.scanner import CandidateGrid, Scanner
 
 if TYPE_CHECKING:
     from boed.eig import Target
-    from boed.protocols import Classifier, Policy, Sampler
+    from boed.protocols import Classifier, Completions, Policy, Sampler
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,34 @@ class SessionResult:
         return self.steps[-1].probs
 
 
+class PriorDecision(NamedTuple):
+    """Completions drawn with nothing observed and their EIG map (shared first decision)."""
+
+    completions: Completions
+    eig: torch.Tensor
+    ig: torch.Tensor
+
+
+def prior_decision(
+    sampler: Sampler,
+    classifier: Classifier,
+    candidates: CandidateGrid,
+    n_samples: int,
+    target: str | Target = "any",
+    generator: torch.Generator | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> PriorDecision:
+    """The EIG of every candidate before anything is seen (identical in law for every image)."""
+    size = candidates.image_size
+    device = getattr(classifier, "device", "cpu")
+    observed = torch.zeros(1, 1, size, size, device=device)
+    completions = sampler.sample(observed, observed, n_samples, generator=generator)
+    eig, ig = expected_information_gain(
+        classifier, observed, observed, completions, candidates, target, memory_budget=memory_budget
+    )
+    return PriorDecision(completions, eig, ig)
+
+
 def _eig_map(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:
     values = eig.double().cpu()
     grid = candidates.as_map(values) if candidates.grid else values[None]
@@ -83,6 +111,7 @@ def run_session(
     on_step: Callable[[StepRecord], None] | None = None,
     on_array: Callable[[int, str, np.ndarray], None] | None = None,
     figure_completions: int = 0,
+    prior_decision: PriorDecision | None = None,
 ) -> SessionResult:
     """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
 
@@ -99,6 +128,9 @@ def run_session(
         on_step: called with every :class:`StepRecord` as soon as it is known.
         on_array: ``(step, name, array)`` for the Fig. 6 arrays, when ``figure_completions > 0``.
         figure_completions: how many completions (and their IG maps) to keep per step.
+        prior_decision: the first decision's completions and EIG, shared by every session of a
+            run (see :func:`prior_decision`): with nothing observed, the posterior is the prior
+            for every image, so it is computed once instead of once per session.
     """
     if image.dim() == 3:
         image = image[None]
@@ -137,7 +169,9 @@ def run_session(
             memory_budget=memory_budget,
         )
         ig = completions = None
-        if policy.needs_eig:
+        if policy.needs_eig and prior_decision is not None and not bool(mask.any()):
+            completions, state.eig, ig = prior_decision
+        elif policy.needs_eig:
             completions = sampler.sample(observed, mask, n_samples, generator=generator)
             state.eig, ig = expected_information_gain(
                 classifier,

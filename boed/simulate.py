@@ -11,7 +11,6 @@ session failed (with its message) and the run goes on.
 from __future__ import annotations
 
 import hashlib
-import math
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from boed.eig import DEFAULT_MEMORY_BUDGET, resolve_target
 from boed.errors import BoedError
 from boed.policies import FULL_IMAGE, StoppingRule, get_policy, parse_policies
 from boed.scanner import CandidateGrid
-from boed.session import run_session
+from boed.session import PriorDecision, prior_decision, run_session
 
 if TYPE_CHECKING:
     from boed.protocols import Classifier, Sampler
@@ -58,6 +57,7 @@ class SimulationConfig:
     stop_entropy: float | None = None
     stop_eig: float | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    share_prior_decision: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policies", parse_policies(self.policies))
@@ -152,10 +152,6 @@ class Progress:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _finite(values: torch.Tensor) -> list[float]:
-    return [float(v) for v in values.reshape(-1).tolist()]
-
-
 def run_simulation(
     store: Any,
     dataset: Any,
@@ -199,6 +195,7 @@ def run_simulation(
     timings: dict[str, float] = {p: 0.0 for p in (FULL_IMAGE, *config.policies)}
     failures, t_run = 0, time.perf_counter()
     item_cache: dict[int, dict[str, Any]] = {}
+    context = _RunContext(store, run_id, sampler, classifier, candidates, target, config)
     try:
         for n_done, (index, policy) in enumerate(plan, start=1):
             if index not in item_cache:
@@ -209,9 +206,7 @@ def run_simulation(
             if (image_id, policy) in done:
                 continue
             t0 = time.perf_counter()
-            status = _one_session(
-                store, run_id, index, image_id, item, policy, sampler, classifier, candidates, target, config
-            )
+            status = _one_session(context, index, image_id, item, policy)
             seconds = time.perf_counter() - t0
             timings[policy] += seconds
             failures += status != "done"
@@ -233,13 +228,47 @@ def _timings(per_policy: dict[str, float], t_run: float) -> dict[str, float]:
     }
 
 
-def _one_session(
-    store, run_id, index, image_id, item, policy, sampler, classifier, candidates, target, config
-) -> str:
-    image = item["img"].float().reshape(1, 1, config.image_size, config.image_size)
-    true_labels = [
-        float(v) if not math.isnan(float(v)) else math.nan for v in item["lab"].reshape(-1).tolist()
-    ]
+@dataclass
+class _RunContext:
+    store: Any
+    run_id: str
+    sampler: Any
+    classifier: Any
+    candidates: CandidateGrid
+    target: Any
+    config: SimulationConfig
+    _prior: PriorDecision | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.classifier, "device", "cpu"))
+
+    def prior(self) -> PriorDecision | None:
+        """The shared first decision, computed once per run (seeded, so a resumed run gets the same)."""
+        if not self.config.share_prior_decision or self.sampler is None:
+            return None
+        if self._prior is None:
+            generator = torch.Generator(device=self.device).manual_seed(
+                session_seed(self.config.seed, -1, "prior-decision")
+            )
+            self._prior = prior_decision(
+                self.sampler,
+                self.classifier,
+                self.candidates,
+                self.config.n_samples,
+                self.target,
+                generator=generator,
+                memory_budget=self.config.memory_budget,
+            )
+        return self._prior
+
+
+def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str, Any], policy: str) -> str:
+    store, run_id, sampler, classifier = context.store, context.run_id, context.sampler, context.classifier
+    candidates, target, config = context.candidates, context.target, context.config
+    size = config.image_size
+    image = item["img"].float().reshape(1, 1, size, size).to(context.device)
+    true_labels = [float(v) for v in item["lab"].reshape(-1).tolist()]
     session_id = store.start_session(
         run_id, image_id=image_id, image_index=index, policy=policy, true_labels=true_labels
     )
@@ -254,7 +283,7 @@ def _one_session(
                 candidate=None,
                 eig=None,
                 eig_map=None,
-                probs=_finite(probs[0]),
+                probs=[float(v) for v in probs[0].tolist()],
                 seconds=time.perf_counter() - t0,
             )
         else:
@@ -278,6 +307,7 @@ def _one_session(
             def on_array(step: int, name: str, array: np.ndarray) -> None:
                 store.save_array(session_id, step, name, array)
 
+            needs_eig = get_policy(policy).needs_eig
             run_session(
                 image,
                 classifier=classifier,
@@ -293,6 +323,7 @@ def _one_session(
                 on_step=on_step,
                 on_array=on_array if figure else None,
                 figure_completions=config.figure_completions if figure else 0,
+                prior_decision=context.prior() if needs_eig else None,
             )
     except (KeyboardInterrupt, SystemExit):
         raise

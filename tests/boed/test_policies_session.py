@@ -266,3 +266,16 @@ def test_full_image_session_has_one_step(world):
     full = [sid for sid, s in store.sessions.items() if s["policy"] == FULL_IMAGE]
     steps = [r for r in store.steps if r["session_id"] == full[0]]
     assert len(steps) == 1 and steps[0]["step"] == 0 and not math.isnan(steps[0]["probs"][14])
+
+
+def test_first_decision_is_shared_and_reproducible(world):
+    def first_maps(share):
+        store = FakeStore()
+        run_simulation(store, ToyDataset(world, n=3), PosteriorSampler(world), BayesClassifier(world),
+                       _config(n_images=3, policies=("boed",), share_prior_decision=share))
+        return [r["eig_map"] for r in store.steps if r["step"] == 1]
+
+    shared = first_maps(True)
+    assert len(shared) == 3 and shared[0] == shared[1] == shared[2]
+    assert first_maps(True) == shared
+    assert len({str(m) for m in first_maps(False)}) > 1  # per-session draws differ
