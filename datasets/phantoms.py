@@ -668,7 +668,7 @@ class _Phantoms:
         length = 0.26 + 0.12 * self._p("Atelectasis", idx, "r")
         du, dv = torch.cos(ang), torch.sin(ang)
         plate = self._segment(
-            u, v, cu - du * length / 2, cv - dv * length / 2, du, dv, length, 0.040, 0.030, 0.0
+            u, v, cu - du * length / 2, cv - dv * length / 2, du, dv, length, 0.052, 0.040, 0.0
         )
         lung = self._sub(idx, "lung")[0]
         region = plate * lung
