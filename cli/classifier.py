@@ -60,16 +60,18 @@ def evaluation_table(result: dict[str, Any], title: str = "evaluation"):
     """A rich table: rows = labels (AUROC), Any accuracy, ECE; columns = 0..5 squares and full."""
     from rich.table import Table
 
-    table = Table(title=title)
-    table.add_column("metric")
+    table = Table(title=title, caption="rows above the line: AUROC per label; columns: observed squares (25% side)",
+                  padding=(0, 1))
+    table.add_column("AUROC / metric", no_wrap=True, overflow="ellipsis", min_width=12)
     for cond in result["conditions"]:
-        table.add_column(cond["name"].replace(" squares", " sq"), justify="right")
-    table.add_column("pos/neg", justify="right", style="dim")
-    for label in result["labels"]:
+        table.add_column(cond["name"].replace(" squares", " sq"), justify="right", no_wrap=True)
+    table.add_column("+/-", justify="right", style="dim", no_wrap=True)
+    for i, label in enumerate(result["labels"]):
         table.add_row(
-            f"AUROC {label}",
+            label,
             *(_fmt(c["auroc"][label]) for c in result["conditions"]),
             f"{result['positives'][label]}/{result['negatives'][label]}",
+            end_section=i == len(result["labels"]) - 1,
         )
     table.add_row("accuracy Any", *(_fmt(c["accuracy_any"]) for c in result["conditions"]), "", style="bold")
     table.add_row("ECE Any", *(_fmt(c["ece_any"]) for c in result["conditions"]), "")
