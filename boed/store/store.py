@@ -16,10 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session as OrmSession
@@ -27,6 +26,9 @@ from sqlalchemy.orm import Session as OrmSession
 from boed.store.engine import READ_OPTIONS, describe, make_engine
 from boed.store.errors import StoreError
 from boed.store.models import Array, Prediction, Run, Session, Step
+
+if TYPE_CHECKING:  # pandas is imported by the read API only: writer processes start faster
+    import pandas as pd
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
@@ -576,6 +578,8 @@ class Store:
                 self._check_run(conn, run_id)
                 stmt = stmt.where(Session.run_id == run_id)
             df = self._frame(conn, stmt)
+        import pandas as pd
+
         truth = [[math.nan if v is None else float(v) for v in t] for t in df["true_labels"]]
         df["true_labels"] = pd.Series(truth, index=df.index, dtype=object)
         return _tidy(
@@ -673,6 +677,8 @@ class Store:
 
     @staticmethod
     def _frame(conn: Connection, stmt) -> pd.DataFrame:
+        import pandas as pd
+
         result = conn.execute(stmt)
         return pd.DataFrame(result.all(), columns=list(result.keys()))
 
@@ -699,6 +705,8 @@ def _tidy(
 ) -> pd.DataFrame:
     """The same dtypes on every backend and for empty results: int64, Int64 (nullable),
     float64 (NaN for NULL), UTC timestamps, and pandas' string dtype for text."""
+    import pandas as pd
+
     for name in df.columns:
         if name in ints:
             df[name] = df[name].astype("int64")

@@ -71,19 +71,22 @@ class PostgresServer:
         options = f"-k {self.socket} -c listen_addresses='' -F -c max_connections=50"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", options, "-w", "start")  # fmt: skip
+        self._run(str(self.bindir / "createdb"), "-h", str(self.socket), "-U", "boed", "boed")
 
     def stop(self) -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://boed@/{database}?host={self.socket}"
+    def url(self, schema: str | None = None) -> str:
+        url = f"postgresql+psycopg://boed@/boed?host={self.socket}"
+        return url if schema is None else f"{url}&options=-csearch_path%3D{schema}"
 
     def new_url(self) -> str:
+        """A URL whose tables go to a new, empty schema (cheaper than a database per test)."""
         import psycopg
 
         name = f"t{next(self._counter)}"
-        with psycopg.connect(f"host={self.socket} user=boed dbname=postgres", autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+        with psycopg.connect(f"host={self.socket} user=boed dbname=boed", autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
         return self.url(name)
 
 
@@ -93,7 +96,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `apt-get install postgresql`")
     user = _server_user()
-    root = Path(tempfile.mkdtemp(prefix="boed-pg-"))
+    # short path: a unix socket path must stay under ~100 characters
+    root = Path(tempfile.mkdtemp(prefix="boed-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
     os.chmod(root, 0o755)
     server = PostgresServer(bindir, root, user)
     try:
