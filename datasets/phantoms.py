@@ -408,15 +408,18 @@ class _Phantoms:
         # posterior ribs: arcs from the spine, rising slightly then sweeping down laterally
         spacing = 0.118 + 0.05 * (self.vd - 0.55)
         for side in (-1.0, 1.0):
-            a = side * u
+            rs, cs = self._window(side, 0.0, 1.0, -1.0, 1.0)
+            us, vs = u[:, rs, cs], v[:, rs, cs]
+            a = side * us
+            ribs = torch.zeros_like(us)
+            extent = _sig((a - 0.07) / w) * _sig((self.lung_w * 0.80 + 0.05 * vs - a) / w)
+            arc = 0.85 * (a - 0.22) ** 2 - 0.03
             for k in range(10):
-                vk = -0.78 + self.rib_phase + k * spacing
-                centre = vk + 0.85 * (a - 0.22) ** 2 - 0.03
                 thick_r = 0.026 + 0.0015 * k
-                d = (v - centre).abs()
+                d = (vs - arc - (-0.78 + self.rib_phase + k * spacing)).abs()
                 rib = _sig((thick_r - d) / (w * 0.6)) * (0.7 + 0.3 * (d / thick_r).clamp(max=1) ** 2)
-                extent = _sig((a - 0.07) / w) * _sig((self.lung_w * 0.80 + 0.05 * v - a) / w)
-                bones = torch.maximum(bones, 0.11 * rib * extent)
+                ribs = torch.maximum(ribs, rib)
+            bones[:, rs, cs] = torch.maximum(bones[:, rs, cs], 0.11 * ribs * extent)
         # clavicles
         for side in (-1.0, 1.0):
             a = side * u
@@ -430,6 +433,9 @@ class _Phantoms:
         # lung markings: tapered vessels branching from each hilum, fading to the periphery
         vessels = torch.zeros_like(att)
         for si, side in enumerate((-1.0, 1.0)):
+            rs, cs = self._window(side, 0.0, 0.95, -0.9, 0.85)  # only where this lung can be
+            us, vs = u[:, rs, cs], v[:, rs, cs]
+            local = torch.zeros_like(us)
             for k in range(7):
                 q = self.vessel_params[:, si, k]  # (m, 3, 6)
                 ang = (-1.2 + 2.4 * (k + q[:, 0, 0]) / 7)[:, None, None]  # fan from up to down
@@ -437,9 +443,8 @@ class _Phantoms:
                 pu, pv = side * 0.17, self.hilum_v + 0.06 * (k - 3) / 3
                 du, dv = side * torch.cos(ang), torch.sin(ang)
                 bend = (q[:, 0, 2] - 0.5)[:, None, None] * 1.6
-                vessels = torch.maximum(
-                    vessels, self._segment(u, v, pu, pv, du, dv, length, 0.022, 0.008, bend=bend)
-                )
+                seg = self._segment(us, vs, pu, pv, du, dv, length, 0.022, 0.008, bend=bend)
+                local = torch.maximum(local, seg)
                 for b in range(1, 3):
                     t0 = (0.3 + 0.35 * q[:, b, 0])[:, None, None]
                     bang = ang + (0.35 + 0.4 * q[:, b, 1])[:, None, None] * (1 if b == 1 else -1)
@@ -447,9 +452,20 @@ class _Phantoms:
                     blen = length * (1 - t0) * (0.6 + 0.5 * q[:, b, 2])[:, None, None]
                     bbend = (q[:, b, 3] - 0.5)[:, None, None] * 2.0
                     seg = self._segment(
-                        u, v, bu, bv, side * torch.cos(bang), torch.sin(bang), blen, 0.013, 0.006, bend=bbend
+                        us,
+                        vs,
+                        bu,
+                        bv,
+                        side * torch.cos(bang),
+                        torch.sin(bang),
+                        blen,
+                        0.013,
+                        0.006,
+                        0.5,
+                        bbend,
                     )
-                    vessels = torch.maximum(vessels, seg)
+                    local = torch.maximum(local, seg)
+            vessels[:, rs, cs] = torch.maximum(vessels[:, rs, cs], local)
         self._maps = {"u": u, "v": v, "air": air, "lung": lung, "heart": heart, "vessels": vessels}
 
         # findings
@@ -485,6 +501,24 @@ class _Phantoms:
             for i, box in zip(idx.tolist(), _bboxes(foot), strict=True):
                 findings[i].append(Finding(name, box))
         return img.unsqueeze(1).contiguous(), labels, findings
+
+    def _window(self, side: float, alo: float, ahi: float, vlo: float, vhi: float) -> tuple[slice, slice]:
+        """Pixel rows and columns that hold the body box ``a = side * u in [alo, ahi]``,
+        ``v in [vlo, vhi]`` in every image of the block (to draw small things on a crop)."""
+        ulo, uhi = sorted((side * alo, side * ahi))
+        cu = torch.tensor([ulo, ulo, uhi, uhi])
+        cv = torch.tensor([vlo, vhi, vlo, vhi])
+        c, s = torch.cos(self.rot), torch.sin(self.rot)  # (m, 1, 1)
+        x = self.scale * (c * cu - s * cv) + self.tx  # (m, 1, 4)
+        y = self.scale * (s * cu + c * cv) + self.ty
+        S = self.S
+
+        def span(t):
+            lo = math.floor((float(t.min()) + 1) / 2 * S) - 2
+            hi = math.ceil((float(t.max()) + 1) / 2 * S) + 2
+            return slice(max(0, lo), max(0, min(S, hi)))
+
+        return span(y), span(x)
 
     def _segment(self, u, v, pu, pv, du, dv, length, w0, w1, fade=0.5, bend=0.0) -> torch.Tensor:
         """A tapered line from ``(pu, pv)`` along unit ``(du, dv)``: 1 on its axis, Gaussian across,
