@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -34,6 +34,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 SESSION_STATUSES = ("running", "done", "failed")
 MAX_ERROR_CHARS = 10_000
+MIGRATION_LOCK = 0x626F6564  # "boed": the PostgreSQL advisory lock taken while migrating
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,11 @@ class Store:
                 f"database {describe(self.engine.url)} has schema revision {', '.join(sorted(unknown))}, "
                 "which this version of boed does not know (written by a newer version?)"
             )
-        # one transaction (BEGIN IMMEDIATE on SQLite): processes opening a new file at once queue up
+        # one transaction, serialised (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL):
+        # processes opening a new database at once queue up and the later ones find it current
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 

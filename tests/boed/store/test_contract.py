@@ -68,6 +68,21 @@ class TestStoreContract:
             )
         assert diff == []
 
+    def test_processes_creating_one_new_database_at_once(self, store_url):
+        """Migrations are serialised, so simultaneous first opens queue up instead of failing."""
+        code = (
+            "import sys; from boed.store import Store; s = Store.open(sys.argv[1]); "
+            "s.create_run({}, sampler='s', sampler_sha256=None, classifier='c', classifier_sha256=None, "
+            "dataset={}, seed=0, labels=['Any'], code_version='0')"
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", code, store_url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]  # fmt: skip
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        with Store.open(store_url) as store, store.engine.connect() as conn:
+            assert len(store.runs()) == 4
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+
     def test_open_twice_is_a_no_op(self, store_url, store):
         run_id = make_run(store)
         with Store.open(store_url) as again:

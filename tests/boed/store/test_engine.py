@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 
 from boed.store import Store, StoreError
 from boed.store.engine import resolve_url
@@ -110,20 +108,3 @@ def test_migrations_go_down_and_up_again(tmp_path):
         assert set(inspect(store.engine).get_table_names()) == {"alembic_version"}
     with Store.open(path) as store:
         assert set(inspect(store.engine).get_table_names()) == TABLES
-
-
-def test_processes_creating_one_new_file_at_once(tmp_path):
-    """Migrations run in one BEGIN IMMEDIATE transaction, so simultaneous first opens queue up."""
-    path = tmp_path / "new.db"
-    code = (
-        "from boed.store import Store; s = Store.open(__import__('sys').argv[1]); "
-        "s.create_run({}, sampler='s', sampler_sha256=None, classifier='c', classifier_sha256=None, "
-        "dataset={}, seed=0, labels=['Any'], code_version='0')"
-    )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]  # fmt: skip
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, errors
-    with Store.open(path) as store, store.engine.connect() as conn:
-        assert len(store.runs()) == 4
-        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
