@@ -158,14 +158,16 @@ def read_dicom(path: str | Path) -> DicomImage:
     if stored.ndim != 2:
         raise DatasetError(f"wrong dimensionality {stored.shape}; expected one 2-D image", path)
     try:
-        arr = apply_modality_lut(stored, ds).astype(np.float64)
+        arr = apply_modality_lut(stored, ds)
         if ds.get("VOILUTSequence"):
+            if np.issubdtype(arr.dtype, np.floating):  # LUT inputs are integers by definition
+                arr = np.rint(arr).astype(np.int64)
             arr = apply_voi_lut(arr, ds, prefer_lut=True)
             lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
         else:
             lo, hi = _range_after_modality(ds)
             if "WindowCenter" in ds and "WindowWidth" in ds:
-                arr = apply_voi_lut(arr, ds, prefer_lut=False)
+                arr = apply_voi_lut(arr.astype(np.float64), ds, prefer_lut=False)
     except DatasetError:
         raise
     except Exception as exc:

@@ -62,7 +62,12 @@ def components(mask: torch.Tensor) -> list[tuple[int, int, int, int]]:
 
 
 # (function, size, side in pixels)
-SQUARE_CASES = [(aipo_masks, 64, 22), (aipo_masks, 256, 90), (classifier_masks, 64, 16), (classifier_masks, 256, 64)]
+SQUARE_CASES = [
+    (aipo_masks, 64, 22),
+    (aipo_masks, 256, 90),
+    (classifier_masks, 64, 16),
+    (classifier_masks, 256, 64),
+]
 
 
 @pytest.mark.parametrize(("fn", "size", "side"), SQUARE_CASES)
@@ -104,7 +109,12 @@ def test_squares_stay_inside_and_positions_cover_the_image():
     m = squares_masks(400, 32, 1, 0.25, gen())
     assert torch.equal(m.sum((1, 2, 3)), torch.full((400,), 64.0))
     coverage = m.mean(0)[0]
-    assert coverage[0].max() > 0 and coverage[-1].max() > 0 and coverage[:, 0].max() > 0 and coverage[:, -1].max() > 0
+    assert (
+        coverage[0].max() > 0
+        and coverage[-1].max() > 0
+        and coverage[:, 0].max() > 0
+        and coverage[:, -1].max() > 0
+    )
 
 
 def test_zero_squares_is_all_hidden():
@@ -137,7 +147,7 @@ def test_blob_masks_paper_setting():
     # a blob grows at most iter_max pixels from its seed in each direction
     single = blob_masks(200, 32, gen(5), max_num_blobs=1, iter_min=3, iter_max=3)
     for i in range(200):
-        (r0, c0, r1, c1), = components(single[i, 0])
+        ((r0, c0, r1, c1),) = components(single[i, 0])
         assert r1 - r0 <= 7 and c1 - c0 <= 7
 
 
