@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,8 @@ def _jsonable(value: Any, what: str) -> Any:
             return [convert(x) for x in v]
         if isinstance(v, os.PathLike):
             return os.fspath(v)
+        if isinstance(v, date):  # and datetime
+            return v.isoformat()
         if hasattr(v, "tolist"):  # numpy arrays and scalars, torch tensors
             return convert(v.tolist())
         raise StoreError(f"{what} is not JSON-serialisable: {type(v).__name__} value {v!r}")
@@ -126,8 +128,8 @@ def _floats(values: Any, what: str) -> list[float | None]:
 
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
 
 
 def new_run_id() -> str:
@@ -137,6 +139,9 @@ def new_run_id() -> str:
 
 class Store:
     """A session store on any SQLAlchemy database. Open with :meth:`Store.open`.
+
+    One ``Store`` serves a whole run (threads may share it); each process opens its own (do
+    not carry an open Store across ``fork``).
 
     Write path (the simulation): :meth:`create_run`, :meth:`start_session`, :meth:`log_step`,
     :meth:`save_array`, :meth:`finish_session`, :meth:`finish_run`, :meth:`resume_plan`.
