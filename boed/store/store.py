@@ -635,8 +635,8 @@ class Store:
         self, run_id: str | None = None, label: str | None = None, *, status: str | None = "done"
     ) -> pd.DataFrame:
         """The long table: one row per (session, step, label): ``run_id, session_id, policy,
-        image_id, step, label, prob, truth`` (truth NaN = unknown). ``label`` keeps one label;
-        only sessions with ``status`` (default ``done``; None = all)."""
+        image_id, step, label, prob, truth`` (truth NaN = unknown), labels in the run's order.
+        ``label`` keeps one label; only sessions with ``status`` (default ``done``; None = all)."""
         stmt = (
             select(
                 Session.run_id,
@@ -657,6 +657,14 @@ class Store:
                 self._check_label(conn, run_id, label)
                 stmt = stmt.where(Prediction.label == label)
             df = self._frame(conn, stmt)
+            if label is None and len(df):  # labels in each run's own order, not alphabetical
+                runs = conn.execute(
+                    select(Run.run_id, Run.labels).where(Run.run_id.in_(df["run_id"].unique()))
+                )
+                order = {(run, name): i for run, labels in runs for i, name in enumerate(labels)}
+                key = [order.get(pair, -1) for pair in zip(df["run_id"], df["label"], strict=True)]
+                df = df.assign(_order=key).sort_values(["session_id", "step", "_order"], kind="stable")
+                df = df.drop(columns="_order").reset_index(drop=True)
         return _tidy(df, ints=("session_id", "step"), floats=("prob", "truth"))
 
     # ---------------------------------------------------------------- helpers

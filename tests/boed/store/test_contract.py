@@ -180,6 +180,27 @@ class TestStoreContract:
         for column in ("run_id", "policy", "image_id", "label"):
             assert isinstance(preds[column].dtype, pd.StringDtype)
 
+    def test_numpy_and_torch_values_are_accepted(self, store):
+        import torch
+
+        run_id = make_run(store, seed=np.int64(3), config={"lr": np.float32(0.5), "n": torch.tensor(4)})
+        sid = store.start_session(run_id, image_id="a", image_index=np.int64(0), policy="boed",
+                                  true_labels=torch.tensor([1.0, float("nan"), 0.0]))  # fmt: skip
+        loc = torch.tensor([3, 5])
+        store.log_step(sid, step=torch.tensor(1), location=(loc[0], loc[1]), candidate=np.int64(7),
+                       eig=torch.tensor(0.25), eig_map=torch.full((3, 3), 0.5, dtype=torch.float64),
+                       probs=torch.tensor([0.1, 0.2, 0.3]), seconds=np.float32(0.5))  # fmt: skip
+        store.save_array(sid, 1, "observed", torch.zeros(2, 2, dtype=torch.float16))
+        store.finish_session(sid)
+        assert store.run_config(run_id) == {"lr": 0.5, "n": 4} and store.get_run(run_id).seed == 3
+        step = store.steps(run_id, eig_map=True).iloc[0]
+        assert (step["row"], step["col"], step["candidate"], step["eig"]) == (3, 5, 7, 0.25)
+        assert step["eig_map"] == [[0.5] * 3] * 3
+        preds = store.predictions(run_id)
+        assert preds["label"].tolist() == LABELS  # the run's label order
+        assert preds["prob"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+        assert store.load_arrays(sid)[(1, "observed")].dtype == np.float16
+
     def test_duplicate_pair_refused(self, store):
         run_id = make_run(store)
         run_session(store, run_id)
