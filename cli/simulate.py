@@ -184,7 +184,7 @@ def simulate(
             )
         )
         console.print(
-            f"run {run_id} [{run.status}] in {wall:.0f} s wall; "
+            f"run {run_id} ({run.status}) in {wall:.0f} s wall; "
             f"{(run.timings or {}).get('failed_sessions', 0)} failed sessions; store: {store.url}"
         )
         if not no_report:

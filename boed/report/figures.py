@@ -98,7 +98,7 @@ def plot_session(
 
     k = max(arrays[(s, "completions")].shape[0] for s in steps)
     cols = k + 3
-    fig, axes = plt.subplots(len(steps), cols, figsize=(1.6 * cols, 1.75 * len(steps)), squeeze=False)
+    fig, axes = plt.subplots(len(steps), cols, figsize=(1.6 * cols, 1.95 * len(steps)), squeeze=False)
     for row, s in zip(axes, steps, strict=True):
         obs, mask = arrays[(s, "observed")].astype(float), arrays[(s, "mask")].astype(float)
         comps, ig, eig = arrays[(s, "completions")].astype(float), arrays[(s, "ig")], arrays[(s, "eig")]
@@ -119,7 +119,7 @@ def plot_session(
             else:
                 row[1 + j].axis("off")
         mean = arrays.get((s, "mean_completion"), comps.mean(0)).astype(float)
-        _overlay(row[k + 1], mean, eig, patch, vmax, f"EIG (max {eig.max():.3f})")
+        _overlay(row[k + 1], mean, eig, patch, vmax, f"EIG (max {eig.max():.3g})")
         after = arrays.get((s, "observed_after"))
         after_mask = np.maximum(mask, 0)
         after_mask[r : r + patch, c : c + patch] = 1
