@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from datasets.phantoms import _Phantoms, generate_phantoms
+    from datasets.phantoms import _Phantoms, _single_thread, generate_phantoms
 
     generate_phantoms(8, args.size)  # warm-up (imports, allocator)
     t0 = time.perf_counter()
@@ -34,7 +34,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     for i in range(args.reference_n):
-        _Phantoms(1, args.size, torch.Generator().manual_seed(i), 0.5).render()
+        with torch.inference_mode(), _single_thread(args.size):
+            _Phantoms(1, args.size, torch.Generator().manual_seed(i), 0.5).render()
     one_by_one = (time.perf_counter() - t0) / args.reference_n * args.n
 
     rows = [
