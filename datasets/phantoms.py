@@ -250,9 +250,8 @@ class _Phantoms:
         return lo + (hi - lo) * torch.rand(self.m, *shape, generator=self.g)
 
     def noise_field(self, res: int) -> torch.Tensor:
-        """A smooth random field ``(m, S, S)`` with unit-ish std, from a ``res x res`` grid."""
-        low = torch.randn(self.m, 1, res, res, generator=self.g)
-        return low  # upsampled lazily in render (size-dependent)
+        """A ``(m, 1, res, res)`` Gaussian grid; :meth:`_up` turns it into a smooth field at any size."""
+        return torch.randn(self.m, 1, res, res, generator=self.g)
 
     # -- patient ----------------------------------------------------------------------------------
     def _draw_patient(self) -> None:
@@ -270,9 +269,8 @@ class _Phantoms:
         self.heart_u = U(0.04, 0.09)
         self.heart_h = U(0.27, 0.32)
         self.rib_phase = U(-0.03, 0.03)
-        self.vessel_params = torch.rand(
-            self.m, 2, 7, 3, 6, generator=self.g
-        )  # side, primary, branch, 6 numbers
+        # per side, 7 primary vessels, each with (itself, 2 branches) x 6 uniform numbers
+        self.vessel_params = torch.rand(self.m, 2, 7, 3, 6, generator=self.g)
         self.hilum_v = U(-0.1, 0.0)
         self.bubble = (torch.rand(self.m, 1, 1, generator=self.g) < 0.7).float() * U(0.06, 0.1)
         self.contrast = U(2.0, 2.8)
@@ -571,7 +569,7 @@ class _Phantoms:
         return delta, torch.ones_like(delta), inside
 
     def _sub_point(self, name, idx, margin, vlo=-0.55, vhi=0.45, alo=0.18, ahi=0.72):
-        # rejection sampling on all images at once (cheap), then the subset
+        """Centre of finding ``name`` on images ``idx``: sampled for the whole block once (cheap)."""
         key = ("pt", name)
         if key not in self.__dict__.setdefault("_pts", {}):
             self._pts[key] = self.point_in_lungs(name, vlo, vhi, alo, ahi, margin)
@@ -658,7 +656,8 @@ class _Phantoms:
         foot = heart * _sig((self.vd[idx] - v) / self.edge)
         return torch.zeros_like(u), torch.ones_like(u), foot
 
-    def _blob(self, name, idx, r_lo, r_hi, rough, margin, **box):
+    def _blob(self, name, idx, r_lo, r_hi, margin, **box):
+        """An elliptic blob in the lung: body coords, centre, normalised distance, a smooth field."""
         u, v = self._sub(idx, "u", "v")
         cu, cv = self._sub_point(name, idx, margin=margin, **box)
         r = r_lo + (r_hi - r_lo) * self._p(name, idx, "r")
@@ -672,7 +671,7 @@ class _Phantoms:
         return u, v, cu, cv, dist, field
 
     def _f_consolidation(self, idx):
-        u, v, cu, cv, dist, field = self._blob("Consolidation", idx, 0.14, 0.20, 0.3, 0.12)
+        u, v, cu, cv, dist, field = self._blob("Consolidation", idx, 0.14, 0.20, 0.12)
         lung = self._sub(idx, "lung")[0]
         region = _sig((1 - dist + 0.25 * field) / 0.08) * lung
         # air bronchograms: dark branching tubes inside the opacity, pointing towards the hilum
@@ -698,7 +697,7 @@ class _Phantoms:
         return delta, 1 - region, region
 
     def _f_pneumonia(self, idx):
-        u, v, cu, cv, dist, field = self._blob("Pneumonia", idx, 0.15, 0.22, 0.5, 0.12)
+        u, v, cu, cv, dist, field = self._blob("Pneumonia", idx, 0.15, 0.22, 0.12)
         lung = self._sub(idx, "lung")[0]
         envelope = _sig((1 - dist + 0.15 * field) / 0.15)
         clumps = _sig((field + 0.2) / 0.3)  # fluffy patches at a quarter of the blob's scale
@@ -706,7 +705,7 @@ class _Phantoms:
         return 0.28 * region, 1 - 0.7 * region, envelope * lung
 
     def _f_infiltration(self, idx):
-        u, v, cu, cv, dist, field = self._blob("Infiltration", idx, 0.17, 0.25, 0.5, 0.14)
+        u, v, cu, cv, dist, field = self._blob("Infiltration", idx, 0.17, 0.25, 0.14)
         lung = self._sub(idx, "lung")[0]
         region = _sig((1 - dist + 0.3 * field) / 0.2) * lung
         texture = 0.7 + 0.3 * torch.cos(40 * u + 5 * field) * torch.cos(40 * v)
@@ -727,7 +726,7 @@ class _Phantoms:
 
     def _f_fibrosis(self, idx):
         u, v, cu, cv, dist, field = self._blob(
-            "Fibrosis", idx, 0.15, 0.20, 0.3, 0.12, vlo=-0.2, vhi=0.45, alo=0.35, ahi=0.72
+            "Fibrosis", idx, 0.15, 0.20, 0.12, vlo=-0.2, vhi=0.45, alo=0.35, ahi=0.72
         )
         lung = self._sub(idx, "lung")[0]
         envelope = _sig((1 - dist) / 0.12) * lung
