@@ -5,7 +5,8 @@ Layout accepted under the data root: ``Data_Entry_2017_v2020.csv`` or ``Data_Ent
 in ``images_0XX/`` or in ``images_0XX/images/``. The official ``train_val_list.txt`` /
 ``test_list.txt`` give the test split when present (val = a seeded 10% of the train/val patients);
 otherwise the split is a seeded 70/10/20 split by patient. Images are 8-bit PNGs (a few RGBA),
-read as grey levels / 255 and resized to ``size``.
+read as grey levels / 255 and resized to ``size``. When ``BBox_List_2017.csv`` is present,
+``ds.findings(i)`` gives its boxes in pixels of the resized image (``boed data preview`` draws them).
 """
 
 from __future__ import annotations
@@ -74,3 +75,50 @@ class NIHDataset(FileDataset):
         val_patients = seeded_split([p for _, p in pairs], "train", self.seed, (0.1, 0.0, 0.9))
         want_val = self.split == "val"
         return {k for k, p in pairs if (p in val_patients) == want_val}
+
+    # -- bounding boxes (BBox_List_2017.csv: about 1,000 boxes for 880 images in the real data) -----
+    def findings(self, i: int) -> list:
+        """Boxed findings of image ``i`` from ``BBox_List_2017.csv`` (empty when there is none),
+        as :class:`~datasets.phantoms.Finding` in pixels of the returned ``size`` image."""
+        from datasets.phantoms import Finding
+
+        boxes = self._boxes().get(self.ids[i], [])
+        if not boxes:
+            return []
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:  # header only: the original size
+            w, h = im.size
+        side = min(w, h)
+        r_off, c_off = (h - side) / 2, (w - side) / 2
+        scale = self.size / side
+        out = []
+        for name, x, y, bw, bh in boxes:
+            r0, c0 = (y - r_off) * scale, (x - c_off) * scale
+            r1, c1 = (y + bh - r_off) * scale, (x + bw - c_off) * scale
+            clip = lambda t: int(min(max(round(t), 0), self.size))  # noqa: E731
+            box = (clip(r0), clip(c0), clip(r1), clip(c1))
+            if box[2] > box[0] and box[3] > box[1]:
+                out.append(Finding(name, box))
+        return out
+
+    def _boxes(self) -> dict[str, list[tuple[str, float, float, float, float]]]:
+        if getattr(self, "_box_table", None) is None:
+            self._box_table = {}
+            path = self.root / "BBox_List_2017.csv"
+            if path.is_file():
+                import csv
+
+                from datasets.labels import LabelError, canonical_finding
+
+                with open(path, newline="") as fh:
+                    rows = csv.reader(fh)
+                    next(rows, None)  # header: the names were split at commas
+                    for k, row in enumerate(rows, start=2):
+                        try:
+                            name = canonical_finding(row[1])
+                            x, y, w, h = (float(v) for v in row[2:6])
+                        except (IndexError, ValueError, LabelError) as exc:
+                            raise DatasetError(f"row {k}: bad bounding box ({exc})", path) from None
+                        self._box_table.setdefault(row[0].strip(), []).append((name, x, y, w, h))
+        return self._box_table

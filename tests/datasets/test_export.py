@@ -51,3 +51,11 @@ def test_refuses_to_overwrite(tmp_path):
     export_phantoms(tmp_path, n=3, size=16, overwrite=True)
     with pytest.raises(DatasetError, match="unknown format"):
         export_phantoms(tmp_path / "x", n=1, fmt="jpeg")
+
+
+def test_boxes_round_trip(tmp_path):
+    export_phantoms(tmp_path, n=8, size=32, seed=2, prevalence=1.0)
+    phantoms = open_dataset("phantoms", n=8, size=32, seed=2, prevalence=1.0)
+    nih = open_dataset("nih", data_root=tmp_path, split="all", size=32)
+    assert all(phantoms.findings(i) == nih.findings(i) for i in range(8))
+    assert all(len(nih.findings(i)) >= 1 for i in range(8))

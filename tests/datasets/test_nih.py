@@ -163,3 +163,17 @@ def test_data_root_from_environment(tmp_path, monkeypatch):
     assert isinstance(ds, NIHDataset) and len(ds) == 10
     monkeypatch.delenv("BOED_DATA_ROOT")
     assert open_dataset("chestxray", split="test", n=3).describe()["source"] == "phantoms"
+
+
+def test_bbox_list(tmp_path):
+    root = make_tree(tmp_path / "nih", layout="flat")
+    (root / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000002_000.png,Nodule,4,2,6,8,,,\n"
+        "00000005_000.png,Infiltrate,0,0,20,10,,,\n"
+    )
+    ds = NIHDataset(root, split="all", size=10)  # images are 20 x 20: boxes scale by 1/2
+    assert ds.findings(0) == []
+    (f,) = ds.findings(2)
+    assert f.name == "Nodule" and f.bbox == (1, 2, 5, 5)
+    assert ds.findings(5)[0].name == "Infiltration" and ds.findings(5)[0].bbox == (0, 0, 5, 10)
