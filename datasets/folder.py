@@ -166,7 +166,7 @@ class FileDataset(ImageDataset):
     def _bad(self, reason: str, path) -> None:
         if not self.skip_bad:
             raise DatasetError(reason, path)
-        log.warning("skipping %s: %s", path, reason)
+        log.info("skipping %s: %s", path, reason)  # one summary warning at the end
         self.skipped.append((str(path), reason))
 
     def _match(self, files: list[Path], table: LabelTable | None):
