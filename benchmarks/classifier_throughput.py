@@ -41,7 +41,9 @@ def timed(fn, n_images: int, device: torch.device, repeats: int) -> float:
     return n_images / best
 
 
-def bench_preset(preset: str, n: int, device: torch.device, repeats: int, chunk_sizes: list[int]) -> list[dict]:
+def bench_preset(
+    preset: str, n: int, device: torch.device, repeats: int, chunk_sizes: list[int]
+) -> list[dict]:
     from classifiers.avp_cnn import AVPCNN
     from classifiers.config import classifier_preset
     from classifiers.partial import PartialClassifier, load_classifier, shipped_checkpoint
@@ -68,8 +70,14 @@ def bench_preset(preset: str, n: int, device: torch.device, repeats: int, chunk_
 
     rows = []
     ref_rate = timed(plain, n, device, repeats)
-    rows.append({"preset": preset, "method": "plain forward, whole batch (reference)", "images": n,
-                 "img_per_s": ref_rate})
+    rows.append(
+        {
+            "preset": preset,
+            "method": "plain forward, whole batch (reference)",
+            "images": n,
+            "img_per_s": ref_rate,
+        }
+    )
     n1 = min(n, 64)
 
     def batch_one():
@@ -77,20 +85,39 @@ def bench_preset(preset: str, n: int, device: torch.device, repeats: int, chunk_
             for i in range(n1):
                 reference(x[i : i + 1], m[i : i + 1])
 
-    rows.append({"preset": preset, "method": "plain forward, batch 1", "images": n1,
-                 "img_per_s": timed(batch_one, n1, device, 1)})
+    rows.append(
+        {
+            "preset": preset,
+            "method": "plain forward, batch 1",
+            "images": n1,
+            "img_per_s": timed(batch_one, n1, device, 1),
+        }
+    )
     for chunk in chunk_sizes:
         clf.chunk_size = chunk
         rate = timed(lambda: clf.predict(x, m), n, device, repeats)
-        rows.append({"preset": preset, "method": f"PartialClassifier.predict (chunk {chunk})", "images": n,
-                     "img_per_s": rate})
+        rows.append(
+            {
+                "preset": preset,
+                "method": f"PartialClassifier.predict (chunk {chunk})",
+                "images": n,
+                "img_per_s": rate,
+            }
+        )
     # consistency: the optimised path gives the reference's probabilities
     with torch.no_grad():
-        diff = float((clf.predict(x[:32], m[:32]) - torch.sigmoid(reference(x[:32], m[:32]) / clf.temperature))
-                     .abs().max())
+        diff = float(
+            (clf.predict(x[:32], m[:32]) - torch.sigmoid(reference(x[:32], m[:32]) / clf.temperature))
+            .abs()
+            .max()
+        )
     for row in rows:
-        row |= {"ratio_vs_reference": row["img_per_s"] / ref_rate, "weights": source, "image_size": size,
-                "max_abs_diff_vs_reference": diff}
+        row |= {
+            "ratio_vs_reference": row["img_per_s"] / ref_rate,
+            "weights": source,
+            "image_size": size,
+            "max_abs_diff_vs_reference": diff,
+        }
     return rows
 
 
@@ -119,8 +146,13 @@ def main() -> None:
     for col in ("preset", "method", "images", "img/s", "x reference"):
         table.add_column(col, justify="left" if col in ("preset", "method") else "right")
     for r in rows:
-        table.add_row(r["preset"], r["method"], str(r["images"]), f"{r['img_per_s']:.0f}",
-                      f"{r['ratio_vs_reference']:.2f}")
+        table.add_row(
+            r["preset"],
+            r["method"],
+            str(r["images"]),
+            f"{r['img_per_s']:.0f}",
+            f"{r['ratio_vs_reference']:.2f}",
+        )
     Console().print(table)
     record = {
         "benchmark": "classifier_throughput",

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 __all__ = ["ClassifierError", "PartialClassifier", "load_classifier"]
 
 
-def load_classifier(path: Any = None, *, preset: str = "cpu", device: Any = "cpu", **kwargs: Any) -> PartialClassifier:
-    """See :func:`classifiers.partial.load_classifier` (imported lazily: keeps ``import classifiers`` light)."""
+def load_classifier(
+    path: Any = None, *, preset: str = "cpu", device: Any = "cpu", **kwargs: Any
+) -> PartialClassifier:
+    """See :func:`classifiers.partial.load_classifier` (imported lazily)."""
     from classifiers.partial import load_classifier as _load
 
     return _load(path, preset=preset, device=device, **kwargs)

@@ -62,7 +62,9 @@ class AVPCNN(nn.Module):
 
 
 # torchvision names dense-layer modules "norm1"/"conv1" (old files "norm.1"); MONAI nests them in ".layers".
-_DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+)\.(norm|relu|conv)\.?([12])\.(weight|bias|running_mean|running_var)$")
+_DENSE_LAYER_KEY = re.compile(
+    r"^(.*denselayer\d+)\.(norm|relu|conv)\.?([12])\.(weight|bias|running_mean|running_var)$"
+)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

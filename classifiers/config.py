@@ -70,18 +70,18 @@ class TrainConfig:
         seed: everything random in the run derives from it.
     """
 
-    steps: int = 3000
+    steps: int = 5000
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     min_lr_frac: float = 0.02
-    ema: float = 0.0
-    p_full: float = 0.15
+    ema: float = 0.998
+    p_full: float = 0.25
     p_empty: float = 0.05
-    n_train: int = 8000
+    n_train: int = 12000
     n_val: int = 1000
-    val_every: int = 250
+    val_every: int = 500
     grad_clip: float = 5.0
     skip_threshold: float | None = 1e3
     seed: int = 0
@@ -90,8 +90,12 @@ class TrainConfig:
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "cpu": TrainConfig(),
-    "paper": TrainConfig(steps=32000, batch_size=32, lr=1e-4, warmup_steps=500, n_train=0, n_val=2000, val_every=2000),
-    "tiny": TrainConfig(steps=20, batch_size=16, lr=3e-3, warmup_steps=2, n_train=64, n_val=32, val_every=10),
+    "paper": TrainConfig(
+        steps=32000, batch_size=32, lr=1e-4, warmup_steps=500, n_train=0, n_val=2000, val_every=2000
+    ),
+    "tiny": TrainConfig(
+        steps=20, batch_size=16, lr=3e-3, warmup_steps=2, ema=0.0, n_train=64, n_val=32, val_every=10
+    ),
 }
 
 

@@ -31,7 +31,7 @@ def condition_masks(n: int, size: int, squares: int | None, generator: torch.Gen
 
 
 def evaluate_predictions(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-    """Per-label AUROC, Any accuracy, ECE (Any and all labels pooled) of ``probs`` vs ``labels`` ``(n, L)``."""
+    """Per-label AUROC, Any accuracy, ECE (Any; all pooled) of ``probs`` vs ``labels`` ``(n, L)``."""
     any_idx = list(names).index("Any") if "Any" in names else len(names) - 1
     return {
         "auroc": {name: nan_to_none(auroc(probs[:, j], labels[:, j])) for j, name in enumerate(names)},
@@ -51,7 +51,7 @@ def evaluate_classifier(
     full: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate ``classifier`` (a :class:`~classifiers.partial.PartialClassifier`) on ``images`` ``(n, 1, S, S)``.
+    """Evaluate ``classifier`` (a ``PartialClassifier``) on ``images`` ``(n, 1, S, S)``.
 
     Returns a JSON-able dict: ``n_images``, ``labels``, ``positives``/``negatives`` per label,
     ``undefined`` (labels whose AUROC is n/a) and ``conditions``: one entry per number of squares
@@ -61,9 +61,7 @@ def evaluate_classifier(
     if hasattr(classifier, "check_labels"):
         classifier.check_labels(names)
     if labels.dim() != 2 or labels.shape[1] != len(names) or labels.shape[0] != images.shape[0]:
-        raise ClassifierError(
-            f"labels must be ({images.shape[0]}, {len(names)}), got {tuple(labels.shape)}"
-        )
+        raise ClassifierError(f"labels must be ({images.shape[0]}, {len(names)}), got {tuple(labels.shape)}")
     if hasattr(classifier, "check_inputs"):
         classifier.check_inputs(images, images)
     n, size = images.shape[0], images.shape[-1]

@@ -83,7 +83,7 @@ class PartialClassifier:
                 raise ClassifierError(f"{what} must be (B, 1, H, W), got shape {tuple(t.shape)}")
             if t.shape[1] != 1:
                 raise ClassifierError(
-                    f"{what} has {t.shape[1]} channels; the classifier takes 1-channel (grey) images (B, 1, H, W)"
+                    f"{what} has {t.shape[1]} channels; the classifier takes grey images (B, 1, H, W)"
                 )
             if t.shape[2] != self.image_size or t.shape[3] != self.image_size:
                 raise ClassifierError(
@@ -91,14 +91,18 @@ class PartialClassifier:
                     f"{self.image_size}x{self.image_size} images"
                 )
         if observed.shape != mask.shape:
-            raise ClassifierError(f"observed {tuple(observed.shape)} and mask {tuple(mask.shape)} differ in shape")
+            raise ClassifierError(
+                f"observed {tuple(observed.shape)} and mask {tuple(mask.shape)} differ in shape"
+            )
 
     def check_labels(self, labels: Sequence[str]) -> None:
         """Raise :class:`ClassifierError` unless ``labels`` is this classifier's label order."""
         if tuple(labels) != self.labels:
             missing = [x for x in self.labels if x not in labels]
             extra = [x for x in labels if x not in self.labels]
-            detail = f"missing {missing}, extra {extra}" if missing or extra else "same names, different order"
+            detail = (
+                f"missing {missing}, extra {extra}" if missing or extra else "same names, different order"
+            )
             raise ClassifierError(
                 f"label set does not match classifier {self.name!r} ({detail}); "
                 f"expected {', '.join(self.labels)}"
@@ -127,7 +131,9 @@ class PartialClassifier:
         """Probabilities ``(B, L)`` = ``sigmoid(logits / temperature)``, on the input's device."""
         self.check_inputs(observed, mask)
         with torch.inference_mode():
-            out = [torch.sigmoid(self.model(x, m) / self.temperature) for x, m in self._chunks(observed, mask)]
+            out = [
+                torch.sigmoid(self.model(x, m) / self.temperature) for x, m in self._chunks(observed, mask)
+            ]
             if not out:
                 return torch.empty(0, len(self.labels), device=observed.device)
             return torch.cat(out).to(observed.device)
@@ -166,7 +172,7 @@ def save_classifier(
     training: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``path``.safetensors + ``path``.json (config, labels, image size, preprocessing, data, metrics)."""
+    """Write ``path``.safetensors + ``path``.json (config, labels, size, preprocessing, data, metrics)."""
     model = model.to(memory_format=torch.contiguous_format)
     meta = {
         "kind": KIND,

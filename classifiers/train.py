@@ -99,7 +99,9 @@ def batches(
     step = start_step
     while True:
         epoch, k = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + rank * 7_919 + epoch))
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + rank * 7_919 + epoch)
+        )
         idx = order[k * bs : (k + 1) * bs]
         yield images[idx], training_masks(len(idx), size, config, generator), labels[idx]
         step += 1
@@ -125,7 +127,9 @@ class Validator:
         out = []
         with torch.inference_mode():
             for s in range(0, len(self.images), 256):
-                out.append(model(self.images[s : s + 256].to(device), self.masks[s : s + 256].to(device)).cpu())
+                out.append(
+                    model(self.images[s : s + 256].to(device), self.masks[s : s + 256].to(device)).cpu()
+                )
         model.train(was_training)
         return torch.cat(out)
 
@@ -267,20 +271,30 @@ def train_classifier(
     x_train, y_train = train_set.tensors()
     x_val, y_val = val_set.tensors()
     for split, x in (("train", x_train), ("val", x_val)):
-        if x.dim() != 4 or x.shape[1] != 1 or x.shape[-1] != mcfg.image_size or x.shape[-2] != mcfg.image_size:
+        if (
+            x.dim() != 4
+            or x.shape[1] != 1
+            or x.shape[-1] != mcfg.image_size
+            or x.shape[-2] != mcfg.image_size
+        ):
             raise ClassifierError(
-                f"{split} images are {tuple(x.shape)}; the {preset} classifier needs (n, 1, {mcfg.image_size}, "
-                f"{mcfg.image_size})"
+                f"{split} images are {tuple(x.shape)}; the {preset} classifier needs "
+                f"(n, 1, {mcfg.image_size}, {mcfg.image_size})"
             )
-    say(f"data: {len(x_train)} train, {len(x_val)} val images of {mcfg.image_size}px; device {dev}, "
-        f"world size {dist.world_size}")
+    say(
+        f"data: {len(x_train)} train, {len(x_val)} val images of {mcfg.image_size}px; device {dev}, "
+        f"world size {dist.world_size}"
+    )
 
     # model, optimiser, schedule
     torch.manual_seed(tcfg.seed)
     model = AVPCNN(mcfg)
     if imagenet_weights is not None and resumed is None:
         counts = init_from_imagenet(model, imagenet_weights)
-        say(f"ImageNet init from {imagenet_weights}: {counts['loaded']} tensors loaded, {counts['skipped']} not")
+        say(
+            f"ImageNet init from {imagenet_weights}: {counts['loaded']} tensors loaded, "
+            f"{counts['skipped']} not"
+        )
     model.to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(model, tcfg.ema) if tcfg.ema > 0 else None
@@ -299,18 +313,24 @@ def train_classifier(
         generator.set_state(resumed.tensors["rng.data"])
         torch.set_rng_state(resumed.tensors["rng.torch"])
         ts = resumed.meta["train_state"]
-        state = TrainState(step=ts["step"], skipped=ts["skipped"], images_seen=ts["images_seen"], seconds=ts["seconds"])
+        state = TrainState(
+            step=ts["step"], skipped=ts["skipped"], images_seen=ts["images_seen"], seconds=ts["seconds"]
+        )
         best_metrics = resumed.meta.get("best_metrics", best_metrics)
         history = resumed.meta.get("history", [])
         say(f"resumed from {_state_path(out)} at step {state.step}")
         if state.step >= tcfg.steps:
             say(f"already at step {state.step} >= steps {tcfg.steps}; finishing")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, tcfg), last_epoch=state.step - state.skipped - 1 if resumed is not None else -1
+        optimizer,
+        lambda s: lr_factor(s, tcfg),
+        last_epoch=state.step - state.skipped - 1 if resumed is not None else -1,
     )
     net: torch.nn.Module = model
     if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
 
     def loss_fn(batch):
         x, m, y = (t.to(dev, non_blocking=True) for t in batch)
@@ -340,12 +360,19 @@ def train_classifier(
             best = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
             best_metrics = {**metrics, "step": st.step}
         save_train_state(
-            out, model=model, optimizer=optimizer, ema=ema, best=best, generator=generator, state=st,
+            out,
+            model=model,
+            optimizer=optimizer,
+            ema=ema,
+            best=best,
+            generator=generator,
+            state=st,
             extra=run_meta | {"best_metrics": best_metrics, "history": history},
         )
         say(
             f"step {st.step}: train loss {record['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
-            f"AUROC(Any) masked {metrics['val_auroc_any_masked']:.3f} full {metrics['val_auroc_any_full']:.3f}"
+            f"AUROC(Any) masked {metrics['val_auroc_any_masked']:.3f} "
+            f"full {metrics['val_auroc_any_full']:.3f}"
             + (" *" if improved else "")
         )
 
@@ -355,14 +382,21 @@ def train_classifier(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         bar = Progress(
-            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(), transient=True,
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            transient=True,
         )
         task = bar.add_task("train", total=tcfg.steps, completed=state.step, info="")
 
         def show(st: TrainState, stats: dict[str, float]) -> None:
-            bar.update(task, completed=st.step,
-                       info=f"loss {stats['loss']:.4f} {stats['img_per_s'] * dist.world_size:.0f} img/s")
+            bar.update(
+                task,
+                completed=st.step,
+                info=f"loss {stats['loss']:.4f} {stats['img_per_s'] * dist.world_size:.0f} img/s",
+            )
 
         callbacks.insert(0, show)
 
@@ -371,10 +405,18 @@ def train_classifier(
         if bar is not None:
             bar.start()
         state = train(
-            loss_fn, model.parameters(), optimizer,
-            batches(x_train, y_train, tcfg, generator, start_step=state.step, rank=dist.rank), tcfg.steps,
-            state=state, scheduler=scheduler, grad_clip=tcfg.grad_clip, skip_threshold=tcfg.skip_threshold,
-            ema=ema, ema_model=model, callbacks=callbacks,
+            loss_fn,
+            model.parameters(),
+            optimizer,
+            batches(x_train, y_train, tcfg, generator, start_step=state.step, rank=dist.rank),
+            tcfg.steps,
+            state=state,
+            scheduler=scheduler,
+            grad_clip=tcfg.grad_clip,
+            skip_threshold=tcfg.skip_threshold,
+            ema=ema,
+            ema_model=model,
+            callbacks=callbacks,
         )
     finally:
         if bar is not None:

@@ -13,11 +13,17 @@ from cli.common import console, user_errors
 
 def train_classifier_cmd(
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (CKPT.safetensors + CKPT.json)."),
-    images: str = typer.Option("chestxray", "--images", help="chestxray (NIH with a data root, else phantoms), "
-                               "phantoms, nih, dicom, folder."),
-    data_root: str | None = typer.Option(None, "--data-root", envvar="BOED_DATA_ROOT", help="Dataset folder."),
-    preset: str = typer.Option("cpu", "--preset", help="cpu (small DenseNet, 64 px), paper (DenseNet-121, 256 px), "
-                               "tiny (tests)."),
+    images: str = typer.Option(
+        "chestxray",
+        "--images",
+        help="chestxray (NIH with a data root, else phantoms), phantoms, nih, dicom, folder.",
+    ),
+    data_root: str | None = typer.Option(
+        None, "--data-root", envvar="BOED_DATA_ROOT", help="Dataset folder."
+    ),
+    preset: str = typer.Option(
+        "cpu", "--preset", help="cpu (small DenseNet, 64 px), paper (DenseNet-121, 256 px), tiny (tests)."
+    ),
     steps: int | None = typer.Option(None, "--steps", help="Optimiser updates (preset default)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per update and process."),
     lr: float | None = typer.Option(None, "--lr", help="Peak AdamW learning rate."),
@@ -28,7 +34,9 @@ def train_classifier_cmd(
     val_every: int | None = typer.Option(None, "--val-every", help="Validate every this many steps."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (torch.set_num_threads)."),
     imagenet_weights: Path | None = typer.Option(
-        None, "--imagenet-weights", help="Local ImageNet DenseNet-121 weights (.safetensors or torch file) to start from."
+        None,
+        "--imagenet-weights",
+        help="Local ImageNet DenseNet-121 weights (.safetensors or torch file) to start from.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in CKPT.state.*."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
@@ -39,12 +47,26 @@ def train_classifier_cmd(
         from classifiers.train import train_classifier
 
         overrides = {
-            "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "ema": ema, "n_train": n_train,
-            "n_val": n_val, "val_every": val_every, "num_threads": threads,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "ema": ema,
+            "n_train": n_train,
+            "n_val": n_val,
+            "val_every": val_every,
+            "num_threads": threads,
         }
         result = train_classifier(
-            out, preset=preset, images=images, data_root=data_root, device=device, resume=resume,
-            imagenet_weights=imagenet_weights, train_overrides=overrides, progress=not quiet,
+            out,
+            preset=preset,
+            images=images,
+            data_root=data_root,
+            device=device,
+            resume=resume,
+            imagenet_weights=imagenet_weights,
+            train_overrides=overrides,
+            progress=not quiet,
             log=lambda msg: console.print(msg, highlight=False),
         )
         if result is not None:
@@ -60,8 +82,11 @@ def evaluation_table(result: dict[str, Any], title: str = "evaluation"):
     """A rich table: rows = labels (AUROC), Any accuracy, ECE; columns = 0..5 squares and full."""
     from rich.table import Table
 
-    table = Table(title=title, caption="rows above the line: AUROC per label; columns: observed squares (25% side)",
-                  padding=(0, 1))
+    table = Table(
+        title=title,
+        caption="rows above the line: AUROC per label; columns: observed squares (25% side)",
+        padding=(0, 1),
+    )
     table.add_column("AUROC / metric", no_wrap=True, overflow="ellipsis", min_width=12)
     for cond in result["conditions"]:
         table.add_column(cond["name"].replace(" squares", " sq"), justify="right", no_wrap=True)
@@ -81,9 +106,13 @@ def evaluation_table(result: dict[str, Any], title: str = "evaluation"):
 
 
 def evaluate_classifier_cmd(
-    checkpoint: str = typer.Argument(..., help="Classifier checkpoint (either file or the stem), or 'shipped'."),
+    checkpoint: str = typer.Argument(
+        ..., help="Classifier checkpoint (either file or the stem), or 'shipped'."
+    ),
     images: str = typer.Option("chestxray", "--images", help="Image source (as for train-classifier)."),
-    data_root: str | None = typer.Option(None, "--data-root", envvar="BOED_DATA_ROOT", help="Dataset folder."),
+    data_root: str | None = typer.Option(
+        None, "--data-root", envvar="BOED_DATA_ROOT", help="Dataset folder."
+    ),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     n: int | None = typer.Option(1000, "--n", help="Number of images (0 = all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation masks (and of phantoms)."),
@@ -91,24 +120,28 @@ def evaluate_classifier_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """AUROC per finding and Any, accuracy of Any, at 0-5 observed squares (25% side) and on the full image."""
+    """AUROC per finding and Any, accuracy of Any, at 0-5 observed squares (25% side) and full image."""
     with user_errors():
         from boed.runtime.devices import resolve_device
-        from classifiers.partial import load_classifier
         from classifiers.evaluate import evaluate_dataset
+        from classifiers.partial import load_classifier
 
         clf = load_classifier(
             None if checkpoint == "shipped" else checkpoint, preset=preset, device=resolve_device(device)
         )
         from datasets import open_dataset
 
-        ds = open_dataset(images, split=split, size=clf.image_size, n=n or None, data_root=data_root, seed=seed)
+        ds = open_dataset(
+            images, split=split, size=clf.image_size, n=n or None, data_root=data_root, seed=seed
+        )
         result = evaluate_dataset(clf, ds, seed=seed)
         result["checkpoint"] = {"name": clf.name, "sha256": clf.sha256, "temperature": clf.temperature}
         if as_json:
             typer.echo(json.dumps(result, indent=2))
             return
-        console.print(evaluation_table(result, title=f"{clf.name} on {images}/{split} ({result['n_images']} images)"))
+        console.print(
+            evaluation_table(result, title=f"{clf.name} on {images}/{split} ({result['n_images']} images)")
+        )
         if result["undefined"]:
             console.print(
                 f"n/a: no positive or no negative example in the data for {', '.join(result['undefined'])}",

@@ -29,7 +29,12 @@ def tiny_checkpoint(tmp_path_factory, fake_train, fake_val) -> Path:
 
     out = tmp_path_factory.mktemp("clf") / "tiny"
     train_classifier(
-        out, preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val,
-        train_overrides={"steps": 12, "val_every": 6}, log=lambda *_: None,
+        out,
+        preset="tiny",
+        device="cpu",
+        train_set=fake_train,
+        val_set=fake_val,
+        train_overrides={"steps": 12, "val_every": 6},
+        log=lambda *_: None,
     )
     return out

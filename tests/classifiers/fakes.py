@@ -14,7 +14,9 @@ class FakeDataset(torch.utils.data.Dataset):
     undefined). ``Any`` follows the findings. Deterministic for a seed.
     """
 
-    def __init__(self, n: int = 64, size: int = 32, seed: int = 0, n_findings: int = 2, nan_fraction: float = 0.0):
+    def __init__(
+        self, n: int = 64, size: int = 32, seed: int = 0, n_findings: int = 2, nan_fraction: float = 0.0
+    ):
         g = torch.Generator().manual_seed(seed)
         self.labels = LABELS
         self.ids = [f"fake-{seed}-{i}" for i in range(n)]

@@ -66,5 +66,7 @@ def test_masked_bce_matches_manual_and_ignores_nan():
 def test_fit_temperature_recovers_the_generating_temperature(true_t):
     g = torch.Generator().manual_seed(1)
     logits = 3 * torch.randn(20000, 2, generator=g, dtype=torch.float64)
-    labels = (torch.rand(20000, 2, generator=g, dtype=torch.float64) < torch.sigmoid(logits / true_t)).double()
+    labels = (
+        torch.rand(20000, 2, generator=g, dtype=torch.float64) < torch.sigmoid(logits / true_t)
+    ).double()
     assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.08)

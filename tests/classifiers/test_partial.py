@@ -116,7 +116,9 @@ def test_no_shipped_checkpoint_for_a_preset():
         load_classifier(preset="tiny")
 
 
-@pytest.mark.skipif(not shipped_checkpoint("cpu").with_suffix(".json").exists(), reason="no shipped checkpoint yet")
+@pytest.mark.skipif(
+    not shipped_checkpoint("cpu").with_suffix(".json").exists(), reason="no shipped checkpoint yet"
+)
 def test_shipped_cpu_checkpoint_loads_and_predicts():
     clf = load_classifier()
     assert clf.image_size == 64 and tuple(clf.labels) == LABELS

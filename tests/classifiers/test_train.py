@@ -22,8 +22,13 @@ QUIET = {"log": lambda *_: None}
 
 def _train(out, train, val, **overrides):
     return train_classifier(
-        out, preset="tiny", device="cpu", train_set=train, val_set=val,
-        train_overrides={"steps": 8, "val_every": 4, **overrides}, **QUIET,
+        out,
+        preset="tiny",
+        device="cpu",
+        train_set=train,
+        val_set=val,
+        train_overrides={"steps": 8, "val_every": 4, **overrides},
+        **QUIET,
     )
 
 
@@ -53,13 +58,24 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path, fake_trai
 
     with pytest.raises(KeyboardInterrupt):
         train_classifier(
-            tmp_path / "c", preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val,
-            train_overrides={"steps": 8, "val_every": 4}, log=interrupt,
+            tmp_path / "c",
+            preset="tiny",
+            device="cpu",
+            train_set=fake_train,
+            val_set=fake_val,
+            train_overrides={"steps": 8, "val_every": 4},
+            log=interrupt,
         )
     assert not Path(f"{tmp_path / 'c'}.json").exists()
     c = train_classifier(
-        tmp_path / "c", preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val,
-        resume=True, train_overrides={"steps": 8}, **QUIET,
+        tmp_path / "c",
+        preset="tiny",
+        device="cpu",
+        train_set=fake_train,
+        val_set=fake_val,
+        resume=True,
+        train_overrides={"steps": 8},
+        **QUIET,
     )
     wa = load_checkpoint(tmp_path / "a.state").tensors
     wc = load_checkpoint(tmp_path / "c.state").tensors
@@ -71,7 +87,9 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path, fake_trai
 
 def test_resume_without_state_is_a_clear_error(tmp_path, fake_train, fake_val):
     with pytest.raises(ClassifierError, match="--resume"):
-        train_classifier(tmp_path / "none", preset="tiny", train_set=fake_train, val_set=fake_val, resume=True)
+        train_classifier(
+            tmp_path / "none", preset="tiny", train_set=fake_train, val_set=fake_val, resume=True
+        )
 
 
 def test_data_that_does_not_fit_the_model(tmp_path, fake_train, fake_val):
@@ -111,7 +129,8 @@ import sys; sys.path.insert(0, {tests!r})
 import torch
 from fakes import FakeDataset
 from classifiers.train import train_classifier
-train_classifier({out!r}, preset="tiny", device="cpu", train_set=FakeDataset(64, 32, 0), val_set=FakeDataset(32, 32, 1),
+train_classifier({out!r}, preset="tiny", device="cpu", train_set=FakeDataset(64, 32, 0),
+                 val_set=FakeDataset(32, 32, 1),
                  train_overrides={{"steps": 4, "val_every": 2}}, log=lambda *_: None)
 """
 
@@ -132,10 +151,17 @@ def test_ddp_two_process_gloo(tmp_path):
     procs = []
     for rank in range(2):
         env = os.environ | {
-            "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd()),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(Path.cwd()),
         }
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True)
+        )
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     meta = json.loads(Path(f"{out}.json").read_text())

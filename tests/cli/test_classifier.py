@@ -39,8 +39,26 @@ def trained(tmp_path, fake_open_dataset) -> Path:
     out = tmp_path / "ckpt"
     result = runner.invoke(
         app,
-        ["train-classifier", "--images", "phantoms", "--preset", "tiny", "--out", str(out), "--steps", "6",
-         "--val-every", "3", "--n-train", "48", "--n-val", "32", "--device", "cpu", "--quiet"],
+        [
+            "train-classifier",
+            "--images",
+            "phantoms",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--val-every",
+            "3",
+            "--n-train",
+            "48",
+            "--n-val",
+            "32",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "validation" in result.output and "accuracy Any" in result.output
@@ -54,7 +72,9 @@ def test_train_then_evaluate_table_and_json(trained, fake_open_dataset):
     assert result.exit_code == 0, result.output
     for text in ("Cardiomegaly", "0 sq", "5 sq", "full", "n/a", "accuracy Any"):
         assert text in result.output
-    result = runner.invoke(app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40", "--json"])
+    result = runner.invoke(
+        app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [c["squares"] for c in data["conditions"]] == [0, 1, 2, 3, 4, 5, None]
@@ -64,7 +84,18 @@ def test_train_then_evaluate_table_and_json(trained, fake_open_dataset):
 
 def test_resume_continues(trained, fake_open_dataset):
     result = runner.invoke(
-        app, ["train-classifier", "--out", str(trained), "--preset", "tiny", "--resume", "--steps", "8", "--quiet"]
+        app,
+        [
+            "train-classifier",
+            "--out",
+            str(trained),
+            "--preset",
+            "tiny",
+            "--resume",
+            "--steps",
+            "8",
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "resumed" in result.output
