@@ -231,6 +231,10 @@ class DicomDataset(FileDataset):
     def read_file(self, path: Path) -> np.ndarray:
         return read_dicom(path).pixels
 
+    def spacing(self, i: int) -> tuple[float, float] | None:
+        """Pixel spacing (row, column) in mm of the *stored* image ``i`` (header only), or None."""
+        return _spacing(_open(self.paths[i], header_only=True))
+
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 

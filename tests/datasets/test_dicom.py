@@ -212,6 +212,7 @@ def test_dicom_folder_dataset(dicom_folder):
     images, labels = ds.tensors()
     assert images.shape == (4, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
     # the crop is centred: 40 x 30 -> 30 x 30 -> 16 x 16
+    assert ds.spacing(0) is None
     d = ds.describe()
     assert d["source"] == "dicom" and d["n"] == 4 and d["labels"] == ["Mass", "Effusion"]
 
