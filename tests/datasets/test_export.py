@@ -22,6 +22,8 @@ def test_round_trip(tmp_path, fmt, readers):
         assert ds.ids == [p.name for p in paths]
         assert torch.equal(back, quantise(images, fmt)), reader
         assert torch.equal(back_labels, labels), reader
+    if fmt == "dicom":
+        assert ds.spacing(0) == pytest.approx((350 / 32, 350 / 32), abs=1e-4)
     assert (quantise(images, fmt) - images).abs().max() <= (0.5 / 255 if fmt == "png" else 0.5 / 4095) + 1e-7
 
 
