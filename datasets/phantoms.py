@@ -202,8 +202,16 @@ class PhantomDataset(ImageDataset):
         return self.block(i // BLOCK).findings[i % BLOCK]
 
     def tensors(self):
-        batch = generate_phantoms(self.n, self.size, self.split_seed, self.prevalence)
-        return batch.images, batch.labels
+        """All images and labels; kept in memory (as copies) when at most 64 M pixels."""
+        cached = getattr(self, "_all", None)
+        if cached is None:
+            batch = generate_phantoms(self.n, self.size, self.split_seed, self.prevalence)
+            cached = (batch.images, batch.labels)
+            if self.n * self.size**2 <= 2**26:
+                self._all = cached
+            else:
+                return cached
+        return cached[0].clone(), cached[1].clone()
 
     def describe(self) -> dict:
         return {
