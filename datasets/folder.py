@@ -100,6 +100,8 @@ class FileDataset(ImageDataset):
         if not self.root.is_dir():
             raise DatasetError("data root not found or not a folder", self.root)
         self.split, self.size, self.n, self.seed = check_split(split), int(size), n, int(seed)
+        if self.size < 1:
+            raise DatasetError(f"size must be >= 1, got {size}")
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
         files = self.discover()
