@@ -127,8 +127,16 @@ def phantom_block(block: int, size: int, seed: int, prevalence: float, m: int = 
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, block, 0x70A7])
     gen = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> np.uint64(1)))
     with torch.inference_mode(), _single_thread(size):
-        img, lab, fnd = _Phantoms(BLOCK, size, gen, prevalence).truncate(m).render()
-    return PhantomBatch(img.clone(), lab.clone(), fnd)
+        block_params = _Phantoms(BLOCK, size, gen, prevalence)
+        # bound memory: about 64 images of 256 x 256 (or 1,024 of 64 x 64) per render
+        step = max(1, (2**22) // (size * size))
+        images, labels, findings = [], [], []
+        for start in range(0, m, step):
+            img, lab, fnd = block_params.select(start, min(m, start + step)).render()
+            images.append(img)
+            labels.append(lab)
+            findings.extend(fnd)
+    return PhantomBatch(torch.cat(images).clone(), torch.cat(labels).clone(), findings)
 
 
 @contextmanager
@@ -242,15 +250,22 @@ class _Phantoms:
 
     def truncate(self, m: int) -> _Phantoms:
         """Keep the first ``m`` images (parameters are always drawn for a whole block)."""
-        for key, value in list(self.__dict__.items()):
+        return self.select(0, m)
+
+    def select(self, start: int, stop: int) -> _Phantoms:
+        """Images ``start:stop`` of the block as a new object (every random draw happened in
+        ``__init__``, so rendering a slice gives exactly those images of the whole block)."""
+        part = object.__new__(_Phantoms)
+        for key, value in self.__dict__.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.m:
-                self.__dict__[key] = value[:m]
-            elif isinstance(value, dict):
-                for sub in value.values():
-                    for k, t in list(sub.items()):
-                        sub[k] = t[:m]
-        self.m = m
-        return self
+                value = value[start:stop]
+            elif key == "fp":
+                value = {name: {k: t[start:stop] for k, t in sub.items()} for name, sub in value.items()}
+            elif key in ("_pts", "_maps"):
+                continue
+            part.__dict__[key] = value
+        part.m = max(0, min(stop, self.m) - start)
+        return part
 
     # -- random helpers (every draw is of a size-independent shape, so size changes only pixels) --
     def U(self, lo: float, hi: float, *shape: int) -> torch.Tensor:

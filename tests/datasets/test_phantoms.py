@@ -146,3 +146,16 @@ def test_finding_positions_vary():
         assert pts[:, 1].std() > 6, name  # both sides of the chest and different places
     nod = torch.tensor(centres["Nodule"])
     assert nod[:, 0].std() > 5
+
+
+def test_rendering_in_slices_is_exact():
+    # large images are rendered a few at a time; every random draw happens before rendering
+    def block():
+        return _Phantoms(6, 40, torch.Generator().manual_seed(3), 0.9)
+
+    whole = block().render()
+    p = block()
+    parts = [p.select(0, 2).render(), p.select(2, 6).render()]
+    assert torch.equal(whole[0], torch.cat([parts[0][0], parts[1][0]]))
+    assert torch.equal(whole[1], torch.cat([parts[0][1], parts[1][1]]))
+    assert whole[2] == parts[0][2] + parts[1][2]
