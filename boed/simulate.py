@@ -162,11 +162,13 @@ def run_simulation(
     run_id: str | None = None,
     dataset_description: dict[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> str:
     """Simulate ``config.n_images`` images x (policies + full-image); return the run id.
 
     With ``run_id`` the run is resumed: sessions already done are skipped, half-written ones are
-    deleted by ``store.resume_plan`` and redone.
+    deleted by ``store.resume_plan`` and redone. ``on_start(run_id)`` is called once the run
+    exists (so a caller can say how to resume it after an interruption).
     """
     check_parts(config, sampler, classifier, dataset)
     n_images = min(config.n_images, len(dataset))
@@ -188,6 +190,8 @@ def run_simulation(
         done: set[tuple[str, str]] = set()
     else:
         done = set(store.resume_plan(run_id))
+    if on_start is not None:
+        on_start(run_id)
 
     candidates = CandidateGrid.from_grid(config.image_size, config.patch_size, config.grid)
     target = resolve_target(config.target, labels)

@@ -248,16 +248,29 @@ def _run_with_progress(store, dataset, sampler, classifier, config, resume):
                 + (f" ({p.failures} failed)" if p.failures else ""),
             )
 
-        return run_simulation(
-            store,
-            dataset,
-            sampler,
-            classifier,
-            config,
-            run_id=resume,
-            dataset_description=dataset.describe(),
-            progress=update,
-        )
+        started: list[str] = []
+        try:
+            return run_simulation(
+                store,
+                dataset,
+                sampler,
+                classifier,
+                config,
+                run_id=resume,
+                dataset_description=dataset.describe(),
+                progress=update,
+                on_start=started.append,
+            )
+        except KeyboardInterrupt:
+            if started:
+                err_console.print(
+                    f"run {started[0]} interrupted; continue it with: boed simulate --resume {started[0]}"
+                    + (f" --db {store.url}" if getattr(store, "url", None) else ""),
+                    style="yellow",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise
 
 
 def report(

@@ -107,6 +107,7 @@ def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
     monkeypatch.setattr(sim, "_one_session", flaky)
     first = runner.invoke(app, _args(tmp_path, "--no-report"))
     assert first.exit_code == 130
+    assert "boed simulate --resume" in first.stderr.replace("\n", "")
     from boed.store import Store
 
     store = Store.open(str(tmp_path / "b.db"))
