@@ -196,13 +196,25 @@ def expected_information_gain(
     ig = torch.zeros(n, k, dtype=torch.float64, device=observed.device)
     active = reveals.nonzero().squeeze(1)
     if active.numel():
-        unique, inverse = torch.unique(
-            new_masks[active].flatten(1).to(torch.uint8), dim=0, return_inverse=True
-        )
-        unique = unique.reshape(-1, *observed.shape[1:]).float()  # (U, 1, H, W)
+        first, inverse = _unique_rows(new_masks[active].flatten(1))
+        unique = new_masks[active][first].float()  # (U, 1, H, W)
         h_after = entropies_after(classifier, images, unique, tgt, memory_budget)  # (N, U)
         ig[:, active] = h_now - h_after[:, inverse]
     return EIG((weights[:, None] * ig).sum(0), ig)
+
+
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact de-duplication of boolean rows ``(A, P)``: ``(first index of each distinct row (U,),
+    inverse (A,))``, by hashing the packed bytes (much faster than ``torch.unique(dim=0)``)."""
+    import numpy as np
+
+    packed = np.packbits(rows.cpu().numpy(), axis=1)
+    seen: dict[bytes, int] = {}
+    inverse = [seen.setdefault(row.tobytes(), len(seen)) for row in packed]
+    first = [0] * len(seen)
+    for i, u in reversed(list(enumerate(inverse))):
+        first[u] = i
+    return torch.tensor(first, device=rows.device), torch.tensor(inverse, device=rows.device)
 
 
 def entropies_after(
