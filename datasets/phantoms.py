@@ -191,6 +191,7 @@ class PhantomDataset(ImageDataset):
         self.ids = [f"phantom-{split}-{i:06d}" for i in range(self.n)]
         self.skipped = []
         self._cache: dict[int, PhantomBatch] = {}
+        self._last_block, self._jumps = -1, 0  # access pattern: sequential or random
         self._cache_blocks = max(1, cache_blocks)
 
     def block(self, b: int) -> PhantomBatch:
@@ -202,8 +203,20 @@ class PhantomDataset(ImageDataset):
         return self._cache[b]
 
     def _load(self, i: int):
-        batch = self.block(i // BLOCK)
+        b = i // BLOCK
+        if getattr(self, "_all", None) is None and b not in self._cache and b != self._last_block + 1:
+            self._jumps += 1
+        if self._jumps >= 2 and self._small():
+            # random access (a shuffling DataLoader) would regenerate a block per item: make all once
+            if getattr(self, "_all", None) is None:
+                self.tensors()
+            return self._all[0][i].clone(), self._all[1][i].clone()
+        self._last_block = b
+        batch = self.block(b)
         return batch.images[i % BLOCK], batch.labels[i % BLOCK]
+
+    def _small(self) -> bool:
+        return self.n * self.size**2 <= 2**26  # 64 M pixels: 256 MB
 
     def findings(self, i: int) -> list[Finding]:
         """The findings (with bboxes) of image ``i``."""
@@ -215,7 +228,7 @@ class PhantomDataset(ImageDataset):
         if cached is None:
             batch = generate_phantoms(self.n, self.size, self.split_seed, self.prevalence)
             cached = (batch.images, batch.labels)
-            if self.n * self.size**2 <= 2**26:
+            if self._small():
                 self._all = cached
             else:
                 return cached

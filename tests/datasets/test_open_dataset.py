@@ -66,3 +66,15 @@ def test_bad_arguments(monkeypatch):
     with pytest.raises(DatasetError, match="prevalence"):
         open_dataset("phantoms", prevalence=2)
     assert set(IMAGE_SOURCES) == {"chestxray", "phantoms", "nih", "dicom", "folder"}
+
+
+def test_random_access_generates_once():
+    ds = PhantomDataset("train", size=16, n=300)
+    first = [ds[i]["img"] for i in (0, 1, 70)]  # sequential blocks: generated block by block
+    assert getattr(ds, "_all", None) is None
+    shuffled = [ds[i]["img"] for i in (250, 10, 130)]  # jumps around: everything generated once
+    assert ds._all is not None
+    images = ds.tensors()[0]
+    assert all(
+        torch.equal(a, images[i]) for a, i in zip(first + shuffled, (0, 1, 70, 250, 10, 130), strict=True)
+    )
