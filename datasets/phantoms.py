@@ -23,7 +23,9 @@ linear opacity), Infiltration (faint hazy opacity), Edema (perihilar haze with b
 on one side), Emphysema (a bulla: lucent round space with a thin wall and no markings), Fibrosis
 (reticular net in a peripheral zone), Pleural_Thickening (smooth band along the chest wall or
 apex), Hernia (hiatal: retrocardiac opacity with an air-fluid level). Sizes are fractions of the
-image, so a finding fills a similar share of a 25%-of-width scan at 64 px and at 256 px.
+image, so a finding fills a similar share of a 25%-of-width scan at 64 px and at 256 px. An image
+has findings with probability ``prevalence``: 1, 2 or 3 of them (probabilities 0.65, 0.25, 0.10),
+drawn without replacement with :data:`FINDING_WEIGHTS`. Labels are fully known (0/1, no NaN).
 
 Images are generated in blocks of 64 whose seeds derive from ``(seed, block)``: image ``i`` of a
 seed is the same whatever ``n`` is, and the same patient (up to pixel noise) at any ``size``.
