@@ -11,6 +11,7 @@ session failed (with its message) and the run goes on.
 from __future__ import annotations
 
 import hashlib
+import math
 import subprocess
 import time
 from collections.abc import Callable
@@ -204,13 +205,16 @@ def run_simulation(
         for n_done, (index, policy) in enumerate(plan, start=1):
             if index not in item_cache:
                 item_cache.clear()
-                item_cache[index] = dataset[index]
+                item_cache[index] = _load_item(dataset, index)
             item = item_cache[index]
             image_id = str(item["idx"])
             if (image_id, policy) in done:
                 continue
             t0 = time.perf_counter()
-            status = _one_session(context, index, image_id, item, policy)
+            if "error" in item:  # an unreadable image: every session of it is recorded as failed
+                status = _failed_session(context, index, image_id, policy, item["error"])
+            else:
+                status = _one_session(context, index, image_id, item, policy)
             seconds = time.perf_counter() - t0
             timings[policy] += seconds
             failures += status != "done"
@@ -222,13 +226,49 @@ def run_simulation(
     except BaseException:
         store.finish_run(run_id, status="failed", timings=_timings(timings, t_run))
         raise
-    store.finish_run(run_id, status="done", timings=_timings(timings, t_run) | {"failed_sessions": failures})
+    final = _timings(timings, t_run, _previous_timings(store, run_id) if done else {})
+    final["failed_sessions"] = failures + int(final.get("failed_sessions", 0))
+    store.finish_run(run_id, status="done", timings=final)
     return run_id
 
 
-def _timings(per_policy: dict[str, float], t_run: float) -> dict[str, float]:
-    return {"total_s": round(time.perf_counter() - t_run, 3)} | {
-        f"{k}_s": round(v, 3) for k, v in per_policy.items()
+def _previous_timings(store: Any, run_id: str) -> dict[str, float]:
+    """Timings recorded by an earlier, interrupted part of a resumed run (if the store keeps them)."""
+    try:
+        return dict(store.get_run(run_id).timings or {})
+    except AttributeError:
+        return {}
+
+
+def _load_item(dataset: Any, index: int) -> dict[str, Any]:
+    try:
+        return dataset[index]
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded per session, the run goes on
+        ids = getattr(dataset, "ids", None)
+        image_id = str(ids[index]) if ids is not None and index < len(ids) else f"index-{index}"
+        return {"idx": image_id, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _failed_session(context: _RunContext, index: int, image_id: str, policy: str, error: str) -> str:
+    session_id = context.store.start_session(
+        context.run_id,
+        image_id=image_id,
+        image_index=index,
+        policy=policy,
+        true_labels=[math.nan] * len(context.classifier.labels),
+    )
+    context.store.finish_session(session_id, status="failed", error=error)
+    return "failed"
+
+
+def _timings(per_policy: dict[str, float], t_run: float, previous: dict | None = None) -> dict[str, float]:
+    """Seconds in total and per policy (added to ``previous`` when a run is resumed)."""
+    previous = previous or {}
+    now = {"total_s": time.perf_counter() - t_run} | {f"{k}_s": v for k, v in per_policy.items()}
+    return {k: round(v + float(previous.get(k, 0.0)), 3) for k, v in now.items()} | {
+        k: v for k, v in previous.items() if k not in now
     }
 
 

@@ -310,3 +310,21 @@ def test_boed_beats_random_with_exact_models():
         probs = [r["probs"][14] for r in store.steps if r["session_id"] in sids and r["step"] == 2]
         entropy[policy] = mean_binary_entropy(probs)
     assert entropy["oracle"] <= entropy["boed"] + 1e-6 < entropy["random"]
+
+
+def test_unreadable_image_fails_its_sessions_only(world):
+    class Broken(ToyDataset):
+        def __getitem__(self, i):
+            if i == 1:
+                raise OSError("truncated file")
+            return super().__getitem__(i)
+
+    store = FakeStore()
+    ds = Broken(world, n=3)
+    ds_ok = ToyDataset(world, n=3)
+
+    run_simulation(store, ds, PosteriorSampler(world), BayesClassifier(world), _config(n_images=3))
+    failed = [s for s in store.sessions.values() if s["status"] == "failed"]
+    assert len(failed) == 4 and {s["image_id"] for s in failed} == {ds_ok.ids[1]}
+    assert all("truncated file" in s["error"] for s in failed)
+    assert sum(s["status"] == "done" for s in store.sessions.values()) == 8
