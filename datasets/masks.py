@@ -182,25 +182,23 @@ def blob_masks(
     num_iters = torch.randint(iter_min, iter_max + 1, (n, max_num_blobs), generator=generator)
     seeds = torch.randint(0, size * size, (n, max_num_blobs), generator=generator)
     active = torch.arange(max_num_blobs) < num_blobs[:, None]  # (n, K)
-    # remaining[p] = growth steps left for the frontier at pixel p (-1: not on the frontier)
-    remaining = torch.full((n, size * size), -1, dtype=torch.long)
-    remaining.scatter_reduce_(1, seeds, torch.where(active, num_iters, -1), reduce="amax")
-    remaining = remaining.view(n, size, size).to(torch.int16)
-    blobs = remaining >= 0
-    minus_one = torch.tensor(-1, dtype=torch.int16)
+    # life[p] = 1 + growth steps left for the frontier at pixel p (0: not on the frontier)
+    life = torch.zeros(n, size * size, dtype=torch.long)
+    life.scatter_reduce_(1, seeds, torch.where(active, num_iters + 1, 0), reduce="amax")
+    life = life.view(n, size, size).to(torch.uint8)
+    blobs = life > 0
     for _ in range(iter_max):
-        if n == 0 or not bool((remaining > 0).any()):
+        if n == 0 or not bool((life > 1).any()):
             break
-        pad = F.pad(remaining, (1, 1, 1, 1), value=-1)
+        child = F.pad(life, (1, 1, 1, 1)).clamp_(min=1).sub_(1)  # what a neighbour would pass on
         coins = torch.randint(0, 16, (n, size, size), generator=generator, dtype=torch.uint8)
-        nxt = torch.full_like(remaining, -1)
+        nxt = torch.zeros_like(life)
         # each of the 4 neighbour directions has its own coin (one bit of ``coins``)
         for bit, (dr, dc) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
-            src = pad[:, 1 - dr : 1 - dr + size, 1 - dc : 1 - dc + size]  # the neighbour p - (dr, dc)
-            heads = ((coins >> bit) & 1).bool()
-            nxt = torch.maximum(nxt, torch.where(heads & (src > 0), src - 1, minus_one))
-        remaining = nxt
-        blobs |= remaining >= 0
+            src = child[:, 1 - dr : 1 - dr + size, 1 - dc : 1 - dc + size]  # from the neighbour p - (dr, dc)
+            nxt = torch.maximum(nxt, src * ((coins >> bit) & 1))
+        life = nxt
+        blobs |= life > 0
     return blobs.unsqueeze(1).float()
 
 
