@@ -53,20 +53,19 @@ def _summary_table(summary, title: str):
     full = summary[summary["policy"] == FULL_IMAGE]
     scans = sorted(int(s) for s in curves["scans"].unique())
     table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    table.add_column("policy")
+    table.add_column("scans:", no_wrap=True)
     for s in scans:
-        table.add_column(f"{s} scans" if s != 1 else "1 scan", justify="right")
+        table.add_column(str(s), justify="right", no_wrap=True)
     for key, name in (("accuracy", "accuracy"), ("auroc", "AUROC"), ("entropy", "entropy (nats)")):
-        first = True
+        table.add_row(f"[bold]{name}[/bold]", *[""] * len(scans))
         for policy, sub in curves.groupby("policy", sort=False):
             values = [_fmt(v) for v in sub.sort_values("scans")[key]]
-            table.add_row(name if first else "", f"{policy} (n={int(sub['n'].iloc[0])})", *values)
-            first = False
+            table.add_row(f"  {policy} (n={int(sub['n'].iloc[0])})", *values)
         if not full.empty:
             v = _fmt(float(full[key].iloc[0]))
-            table.add_row("", f"full image (n={int(full['n'].iloc[0])})", *[v] * len(scans), style="dim")
-        table.add_section()
+            table.add_row(f"  full image (n={int(full['n'].iloc[0])})", *[v] * len(scans), style="dim")
+        if key != "entropy":
+            table.add_section()
     return table
 
 

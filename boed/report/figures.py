@@ -61,21 +61,23 @@ def _overlay(ax, image, values, patch, vmax, title=None):
         g = values.shape[-1]
         step = (size - patch) / (g - 1) if g > 1 else size - patch
         lo, hi = patch / 2 - step / 2, size - patch / 2 + step / 2
-        ax.imshow(
-            values,
-            cmap="RdBu",
-            vmin=-vmax,
-            vmax=vmax,
-            alpha=0.6,
-            extent=(lo, hi, hi, lo),
-            interpolation="nearest",
-        )
+        ax.imshow(_signed_rgba(values, vmax), extent=(lo, hi, hi, lo), interpolation="nearest")
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
+
+
+def _signed_rgba(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Blue for positive, red for negative, opacity growing with |value| (0 is transparent)."""
+    from matplotlib import colormaps
+
+    v = np.clip(np.asarray(values, dtype=float) / vmax, -1, 1)
+    rgba = colormaps["RdBu"]((v + 1) / 2)
+    rgba[..., 3] = 0.85 * np.abs(v) ** 0.7
+    return rgba
 
 
 def _observation(observed, mask):
