@@ -40,7 +40,7 @@ class SimulationConfig:
     images: str = "chestxray"
     split: str = "test"
     data_root: str | None = None
-    n_images: int = 40
+    n_images: int = 30
     scans: int = 5
     n_samples: int = 10
     grid: int = 17

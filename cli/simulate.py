@@ -16,7 +16,7 @@ import typer
 
 from cli.common import console, err_console, user_errors
 
-DEFAULT_N_IMAGES = 40
+DEFAULT_N_IMAGES = 30
 
 
 def _load_parts(config: Any, device: str):
