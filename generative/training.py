@@ -79,6 +79,11 @@ def lr_at(config: AIPOConfig, step: int) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
+def ema_decay_at(config: AIPOConfig, step: int) -> float:
+    """EMA decay with a warm-up, min(rate, (1 + t) / (10 + t)): early checkpoints are not the init."""
+    return min(config.ema_rate, (1.0 + step) / (10.0 + step))
+
+
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     sd = opt.state_dict()
     tensors = {f"optim.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
@@ -179,7 +184,7 @@ def train_sampler(
             raise SamplerError(
                 "with --pretrained-vae the objective must be aipo or aipo-r (the VAE is frozen)"
             )
-    ema = EMA(model, config.ema_rate)
+    ema = EMA(model, ema_decay_at(config, state.step))
     if options.resume:
         path = train_state_path(options.out)
         ckpt = load_checkpoint(path, kind="sampler-train", device=options.device)
@@ -252,6 +257,7 @@ def train_sampler(
     def on_step(st: TrainState, stats: dict[str, float]) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(config, st.step)
+        ema.decay = ema_decay_at(config, st.step)
         if dist.is_main and (st.step % options.val_every == 0 or st.step == config.steps):
             metrics.clear()
             metrics.update(validate())
