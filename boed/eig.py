@@ -25,7 +25,7 @@ current observation, so their IG is 0 by definition).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -222,9 +222,26 @@ def entropies_after(
 ) -> torch.Tensor:
     """``H[g(v | I_n * m_u, m_u)]`` for every completion n and mask u: ``(N, U)`` float64.
 
+    See :func:`map_predictions` for the batching.
+    """
+    return map_predictions(
+        classifier, images, masks, lambda probs: target_entropy(probs, target), memory_budget
+    )
+
+
+def map_predictions(
+    classifier: Classifier,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
+    """``reduce(g(v | I_n * m_u, m_u))`` for every image n ``(N, 1, H, W)`` and mask u ``(U, 1, H, W)``.
+
     The ``N * U`` pairs are flattened (mask-major) and sent to the classifier in chunks whose inputs
     (image and mask) take at most ``memory_budget`` bytes; each chunk is built by indexing and
-    broadcasting, without a Python loop over candidates.
+    broadcasting, without a Python loop over candidates. ``reduce`` maps probabilities ``(B, L)``
+    to ``(B,)``. Returns ``(N, U)`` float64.
     """
     n, u = images.shape[0], masks.shape[0]
     per_pair = 2 * images[0].numel() * images.element_size()
@@ -233,9 +250,17 @@ def entropies_after(
     for start in range(0, u * n, chunk):
         idx = torch.arange(start, min(start + chunk, u * n), device=images.device)
         m = masks[idx // n]
-        probs = classifier.predict(images[idx % n] * m, m)
-        out[idx] = target_entropy(probs, target)
+        out[idx] = reduce(classifier.predict(images[idx % n] * m, m)).double()
     return out.reshape(u, n).T
+
+
+def target_cross_entropy(probs: torch.Tensor, truth: torch.Tensor, target: Target) -> torch.Tensor:
+    """``-sum_l [y_l log p_l + (1-y_l) log(1-p_l)]`` over the target's known labels: ``(...)`` float64."""
+    p = probs[..., list(target.indices)].double().clamp(_EPS, 1 - _EPS)
+    y = truth.reshape(-1)[list(target.indices)].double().to(p.device)
+    known = ~torch.isnan(y)
+    y = torch.nan_to_num(y)
+    return (-(y * p.log() + (1 - y) * (1 - p).log()) * known).sum(-1)
 
 
 def expected_information_gain_loop(

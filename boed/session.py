@@ -98,6 +98,7 @@ def _eig_map(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:
 def run_session(
     image: torch.Tensor,
     *,
+    labels: torch.Tensor | None = None,
     classifier: Classifier,
     policy: Policy,
     candidates: CandidateGrid,
@@ -116,6 +117,7 @@ def run_session(
     """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
 
     Args:
+        labels: the true labels ``(L,)`` (only the ``oracle-label`` policy looks at them).
         classifier: ``g`` on partial views.
         policy: chooses each scan (``policy.needs_eig``: the EIG map is estimated first).
         candidates: the candidate grid (its image size must match ``image``).
@@ -164,6 +166,7 @@ def run_session(
             scanned=list(scanner.scanned),
             generator=generator,
             image=image,
+            labels=labels,
             classifier=classifier,
             target=tgt,
             memory_budget=memory_budget,

@@ -354,6 +354,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
             needs_eig = get_policy(policy).needs_eig
             run_session(
                 image,
+                labels=item["lab"].float().reshape(-1),
                 classifier=classifier,
                 policy=get_policy(policy),
                 candidates=candidates,

@@ -97,7 +97,7 @@ def test_oracle_minimises_entropy_on_true_image(world, grid):
 
 
 def test_policy_names():
-    assert set(POLICIES) == {"boed", "random", "raster", "oracle"}
+    assert set(POLICIES) == {"boed", "random", "raster", "oracle", "oracle-label"}
     assert parse_policies("boed, random,boed") == ("boed", "random")
     with pytest.raises(BoedError, match="valid policies: boed, random, raster, oracle"):
         parse_policies("boed,greedy")
@@ -328,3 +328,22 @@ def test_unreadable_image_fails_its_sessions_only(world):
     assert len(failed) == 4 and {s["image_id"] for s in failed} == {ds_ok.ids[1]}
     assert all("truncated file" in s["error"] for s in failed)
     assert sum(s["status"] == "done" for s in store.sessions.values()) == 8
+
+
+def test_label_oracle_maximises_probability_of_the_truth(world, grid):
+    from boed.eig import resolve_target
+
+    clf = BayesClassifier(world)
+    tgt = resolve_target("any", world.labels)
+    truth = world.state_labels[0].float()
+    state = _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1], labels=truth)
+    choice = get_policy("oracle-label").choose(state)
+    p_true = []
+    for m in grid.masks[:, None]:
+        p = float(clf.predict(world.images[0:1] * m, m)[0, 14])
+        p_true.append(p if truth[14] == 1 else 1 - p)
+    assert p_true[choice] == pytest.approx(max(p_true))
+    with pytest.raises(BoedError, match="labels"):
+        get_policy("oracle-label").choose(
+            _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1])
+        )
