@@ -77,3 +77,13 @@ def test_missing_weights(saved):
     path.unlink()
     with pytest.raises(CheckpointError, match="weights file not found"):
         load_checkpoint(path)
+
+
+def test_saved_files_are_not_private(saved, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "model.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
