@@ -76,7 +76,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     min_lr_frac: float = 0.02
-    ema: float = 0.998
+    ema: float = 0.0
     p_full: float = 0.25
     p_empty: float = 0.05
     n_train: int = 12000

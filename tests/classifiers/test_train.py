@@ -166,3 +166,15 @@ def test_ddp_two_process_gloo(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errors
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["training"]["world_size"] == 2
+
+
+def test_ema_run_and_resume(tmp_path, fake_train, fake_val):
+    result = _train(tmp_path / "e", fake_train, fake_val, ema=0.9)
+    assert result.meta["training"]["train_config"]["ema"] == 0.9
+    state = load_checkpoint(tmp_path / "e.state").tensors
+    assert any(k.startswith("ema.") for k in state)
+    resumed = train_classifier(
+        tmp_path / "e", preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val, resume=True,
+        train_overrides={"steps": 10}, **QUIET,
+    )
+    assert resumed.meta["training"]["state"]["step"] == 10
