@@ -75,27 +75,29 @@ def train_classifier_cmd(
 
 
 def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return "n/a" if value is None else f"{value:.3f}".removeprefix("0")
 
 
 def evaluation_table(result: dict[str, Any], title: str = "evaluation"):
     """A rich table: rows = labels (AUROC), Any accuracy, ECE; columns = 0..5 squares and full."""
+    from rich import box
     from rich.table import Table
 
     table = Table(
+        box=box.SIMPLE_HEAD,
         title=title,
-        caption="rows above the line: AUROC per label; columns: observed squares (25% side)",
+        caption="AUROC per label (pos: known positives); columns: observed squares (25% side)",
         padding=(0, 1),
     )
     table.add_column("AUROC / metric", no_wrap=True, overflow="ellipsis", min_width=12)
     for cond in result["conditions"]:
         table.add_column(cond["name"].replace(" squares", " sq"), justify="right", no_wrap=True)
-    table.add_column("+/-", justify="right", style="dim", no_wrap=True)
+    table.add_column("pos", justify="right", style="dim", no_wrap=True)
     for i, label in enumerate(result["labels"]):
         table.add_row(
             label,
             *(_fmt(c["auroc"][label]) for c in result["conditions"]),
-            f"{result['positives'][label]}/{result['negatives'][label]}",
+            str(result["positives"][label]),
             end_section=i == len(result["labels"]) - 1,
         )
     table.add_row("accuracy Any", *(_fmt(c["accuracy_any"]) for c in result["conditions"]), "", style="bold")
