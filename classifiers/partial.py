@@ -24,6 +24,7 @@ from classifiers.config import ClassifierConfig
 from classifiers.errors import ClassifierError
 
 KIND = "classifier"
+CHUNK_PIXELS = 512 * 64 * 64
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PREPROCESSING = {
     "input": "cat([x * m, m], dim=1)",
@@ -40,7 +41,8 @@ class PartialClassifier:
     Args:
         model: the network (moved to ``device``, put in eval mode).
         temperature: logits are divided by it before the sigmoid.
-        chunk_size: images per forward pass in ``predict``/``features``.
+        chunk_size: images per forward pass in ``predict``/``features``; ``None`` picks it from a
+            memory budget of ``CHUNK_PIXELS`` input pixels (512 images at 64 px, 32 at 256 px).
     """
 
     def __init__(
@@ -52,7 +54,7 @@ class PartialClassifier:
         sha256: str | None = None,
         meta: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
     ):
         if not temperature > 0:
             raise ClassifierError(f"temperature must be > 0, got {temperature}")
@@ -65,7 +67,7 @@ class PartialClassifier:
         self.name = name
         self.sha256 = sha256
         self.meta = meta or {}
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size or max(1, CHUNK_PIXELS // (self.image_size * self.image_size))
 
     def __repr__(self) -> str:
         return (
@@ -205,7 +207,7 @@ def load_classifier(
     preset: str = "cpu",
     device: str | torch.device = "cpu",
     labels: Sequence[str] | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> PartialClassifier:
     """Load a classifier checkpoint (``None``: the shipped one of ``preset``) and verify it.
 
