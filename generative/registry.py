@@ -5,9 +5,10 @@
 * ``vae``: the unconditional hierarchical VAE of the same checkpoint, observed pixels pasted in (a
   baseline that ignores the observation).
 
-``checkpoint=None`` loads the shipped ``generative/weights/aipo-phantom-<preset>.*``; any sampler
-checkpoint of ours serves every name (an AIPO-R checkpoint asked for as ``aipo`` still samples from
-its own partial encoder; the name is what the run records).
+``checkpoint=None`` loads the shipped ``generative/weights/aipo-phantom-<preset>.*`` (for ``aipo-r``:
+``aipo-r-phantom-<preset>.*``, trained on the shipped AIPO checkpoint's VAE in the pretrained mode of
+§3.2). Any sampler checkpoint of ours serves every name (an AIPO-R checkpoint asked for as ``aipo``
+still samples from its own partial encoder; the name is what the run records).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ SAMPLERS: tuple[str, ...] = ("aipo", "aipo-r", "vae")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
-def shipped_checkpoint(preset: str = "cpu") -> Path:
-    """Path (stem) of the shipped checkpoint for ``preset``."""
-    return WEIGHTS / f"aipo-phantom-{preset}"
+def shipped_checkpoint(preset: str = "cpu", name: str = "aipo") -> Path:
+    """Path (stem) of the shipped checkpoint of sampler ``name`` for ``preset``."""
+    return WEIGHTS / f"{'aipo-r' if name == 'aipo-r' else 'aipo'}-phantom-{preset}"
 
 
 def build_sampler(
@@ -40,7 +41,7 @@ def build_sampler(
     from boed.runtime.checkpoints import checkpoint_paths
 
     if checkpoint is None:
-        checkpoint = shipped_checkpoint(preset)
+        checkpoint = shipped_checkpoint(preset, name)
         if not checkpoint_paths(checkpoint)[1].is_file():
             raise SamplerError(
                 f"no shipped {name} checkpoint for preset {preset!r} ({checkpoint}.json); train one with "
