@@ -215,6 +215,13 @@ def load_classifier(
         ClassifierError: missing, truncated or tampered file (sha256), not a classifier, weights
             that do not fit the stored config, or ``labels`` given and different from the checkpoint's.
     """
+    if isinstance(device, str):
+        from boed.runtime.devices import resolve_device
+
+        try:
+            device = resolve_device(device)
+        except (ValueError, RuntimeError) as exc:
+            raise ClassifierError(str(exc)) from exc
     if path is None:
         path = shipped_checkpoint(preset)
         if not checkpoint_paths(path)[1].is_file():

@@ -250,7 +250,10 @@ def train_classifier(
         tcfg = override(TrainConfig(), **{k: v for k, v in saved.items() if v is not None})
         images = resumed.meta.get("images", images)
 
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
+        raise ClassifierError(str(exc)) from exc
     if dev.type == "cpu" and tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     dist = init_distributed(dev)
@@ -372,8 +375,7 @@ def train_classifier(
         say(
             f"step {st.step}: train loss {record['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
             f"AUROC(Any) masked {metrics['val_auroc_any_masked']:.3f} "
-            f"full {metrics['val_auroc_any_full']:.3f}"
-            + (" *" if improved else "")
+            f"full {metrics['val_auroc_any_full']:.3f}" + (" *" if improved else "")
         )
 
     callbacks = [validate]

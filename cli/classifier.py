@@ -124,13 +124,10 @@ def evaluate_classifier_cmd(
 ) -> None:
     """AUROC per finding and Any, accuracy of Any, at 0-5 observed squares (25% side) and full image."""
     with user_errors():
-        from boed.runtime.devices import resolve_device
         from classifiers.evaluate import evaluate_dataset
         from classifiers.partial import load_classifier
 
-        clf = load_classifier(
-            None if checkpoint == "shipped" else checkpoint, preset=preset, device=resolve_device(device)
-        )
+        clf = load_classifier(None if checkpoint == "shipped" else checkpoint, preset=preset, device=device)
         from datasets import open_dataset
 
         ds = open_dataset(
