@@ -174,7 +174,13 @@ def test_ema_run_and_resume(tmp_path, fake_train, fake_val):
     state = load_checkpoint(tmp_path / "e.state").tensors
     assert any(k.startswith("ema.") for k in state)
     resumed = train_classifier(
-        tmp_path / "e", preset="tiny", device="cpu", train_set=fake_train, val_set=fake_val, resume=True,
-        train_overrides={"steps": 10}, **QUIET,
+        tmp_path / "e",
+        preset="tiny",
+        device="cpu",
+        train_set=fake_train,
+        val_set=fake_val,
+        resume=True,
+        train_overrides={"steps": 10},
+        **QUIET,
     )
     assert resumed.meta["training"]["state"]["step"] == 10
