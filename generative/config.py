@@ -34,6 +34,7 @@ class AIPOConfig:
     bottleneck: float = 0.25
     n_mixtures: int = 10
     no_bias_above: int = 64
+    grad_checkpoint: bool = False
     # training
     objective: str = "vae+aipo"
     lr: float = 2e-4
@@ -60,7 +61,7 @@ class AIPOConfig:
             dec_blocks=self.dec_blocks,
             bottleneck=self.bottleneck,
             n_mixtures=self.n_mixtures,
-            no_bias_above=self.no_bias_above,
+            no_bias_above=self.no_bias_above, grad_checkpoint=self.grad_checkpoint,
         )
 
 
@@ -105,7 +106,7 @@ PRESETS: dict[str, AIPOConfig] = {
         skip_threshold=180.0,
         batch_size=8,
         steps=50_000,
-        objective="aipo",
+        objective="aipo", grad_checkpoint=True,
     ),
 }
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,8 @@ def train_sampler(
     pretrained = options.pretrained_vae is not None
     if pretrained:  # §3.2: a trained unconditional VAE, only the partial encoder learns
         base, meta = load_model(options.pretrained_vae, options.device)
-        if base.config.arch() != config.arch():
+        base_arch, arch = (replace(c.arch(), grad_checkpoint=False) for c in (base.config, config))
+        if base_arch != arch:
             raise SamplerError(
                 f"{options.pretrained_vae}: its architecture differs from preset {config.preset!r}"
             )

@@ -51,6 +51,7 @@ class Architecture:
     bottleneck: float = 0.25
     n_mixtures: int = 10
     no_bias_above: int = 64
+    grad_checkpoint: bool = False  # recompute block activations in backward (paper preset on CPU)
 
 
 def parse_encoder(spec: str) -> list[tuple[int, int | None]]:
@@ -118,14 +119,29 @@ class Block(nn.Module):
         self.c1, self.c2 = _conv(cin, mid, 1), _conv(mid, mid, k)
         self.c3, self.c4 = _conv(mid, mid, k), _conv(mid, cout, 1, zero=zero_last, scale=last_scale)
         self.residual, self.down = residual, down
+        self.grad_checkpoint = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c1(F.gelu(x))
         h = self.c2(F.gelu(h))
         h = self.c3(F.gelu(h))
         h = self.c4(F.gelu(h))
         out = x + h if self.residual else h
         return F.avg_pool2d(out, self.down) if self.down else out
+
+
+def set_grad_checkpoint(module: nn.Module, enabled: bool) -> None:
+    """Trade compute for memory: every :class:`Block` recomputes its activations in backward."""
+    for m in module.modules():
+        if isinstance(m, Block):
+            m.grad_checkpoint = enabled
 
 
 class Encoder(nn.Module):
@@ -151,6 +167,7 @@ class Encoder(nn.Module):
         self.heads = nn.ModuleList(
             Block(2 * w, mid, 2 * arch.zdim, res=r) for r, _ in parse_decoder(arch.dec_blocks)
         )
+        set_grad_checkpoint(self, arch.grad_checkpoint)
 
     def activations(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         h = self.in_conv(x)
@@ -210,6 +227,7 @@ class Decoder(nn.Module):
         self.gain = nn.Parameter(torch.ones(1, w, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, w, 1, 1))
         self.out_conv = _conv(w, 3 * arch.n_mixtures, 1)
+        set_grad_checkpoint(self, arch.grad_checkpoint)
 
     def _state(self, res: int, batch: int, like: torch.Tensor | None) -> torch.Tensor:
         if str(res) in self.biases:
