@@ -8,13 +8,14 @@ Run by hand (never a pass/fail test):
 Rows:
 * ``train img/s``: AIPO training steps (``vae+aipo`` objective, forward + backward + AdamW) at the
   ``cpu`` preset and its batch size.
-* ``sample 10 (batched)``: ``sampler.sample(observed, mask, n=10)`` for one 64×64 image: the partial
+* ``sample_batched_ms`` (n = 10): ``sampler.sample(observed, mask, n=10)`` for one 64×64 image: the partial
   encoder once, its activations expanded 10 times, one decoder pass over 10 samples (median of
   ``--repeats``); target ≤ 100 ms on 2 cores.
-* ``sample 10 (reference)``: the straightforward way, 10 separate calls with n = 1 (partial encoder
+* ``sample_reference_ms``: the straightforward way, 10 separate calls with n = 1 (partial encoder
   run 10 times, 10 decoder passes); the ratio is the speed-up of batching.
 * ``--paper``: the same two sampling rows and one training step at the ``paper`` preset (the
-  VD-VAE FFHQ-256 architecture, 256×256), few repeats on CPU; use ``--device cuda`` on a GPU.
+  VD-VAE FFHQ-256 architecture, 256×256): on CPU 2 completions, one run each; on ``--device cuda``
+  10 completions, 5 runs.
 
 Absolute times drift on shared machines; the ratios in the same run are the comparable numbers.
 """
@@ -63,7 +64,13 @@ def model_for(preset: str, device: torch.device, shipped: bool) -> AIPO:
 
 
 def bench_preset(
-    preset: str, device: torch.device, repeats: int, train_steps: int, batch: int | None
+    preset: str,
+    device: torch.device,
+    repeats: int,
+    train_steps: int,
+    batch: int | None,
+    n: int = 10,
+    warmup: int = 1,
 ) -> dict:
     model = model_for(preset, device, shipped=True)
     config = model.config
@@ -74,8 +81,10 @@ def bench_preset(
     m = torch.zeros_like(x)
     q = size // 4
     m[..., q : 2 * q, q : 2 * q] = 1
-    batched = timed(lambda: sampler.sample(x * m, m, 10, generator=g), repeats, device)
-    reference = timed(lambda: [sampler.sample(x * m, m, 1, generator=g) for _ in range(10)], repeats, device)
+    batched = timed(lambda: sampler.sample(x * m, m, n, generator=g), repeats, device, warmup)
+    reference = timed(
+        lambda: [sampler.sample(x * m, m, 1, generator=g) for _ in range(n)], repeats, device, warmup
+    )
     # training throughput on a copy in train mode
     train_model = AIPO(config).to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
@@ -93,7 +102,7 @@ def bench_preset(
         train_model.losses(xb, mb, "vae+aipo" if preset != "paper" else "aipo")["loss"].backward()
         opt.step()
 
-    step_s = timed(step, train_steps, device)
+    step_s = timed(step, train_steps, device, warmup)
     return {
         "preset": preset,
         "device": str(device),
