@@ -72,9 +72,8 @@ class BayesClassifier:
     def predict(self, observed, mask):
         self.calls += 1
         self.rows += observed.shape[0]
-        out = torch.stack(
-            [self.world.consistent(o, m) @ self.world.state_labels for o, m in zip(observed, mask, strict=True)]
-        )
+        pairs = zip(observed, mask, strict=True)
+        out = torch.stack([self.world.consistent(o, m) @ self.world.state_labels for o, m in pairs])
         return out.float()
 
 
