@@ -6,7 +6,11 @@
   else the one revealing the most new pixels.
 - ``oracle``: greedy one-step on the *true* image: the candidate whose scan leaves the classifier
   least uncertain about the target, ``argmin_c H[g(v | x * m_c, m_c)]``. It looks at the hidden
-  image, so it is an upper bound on any one-step design, not a usable policy.
+  image, so it is an upper bound on any one-step design for the design criterion (entropy), not
+  a usable policy. It is not an upper bound on accuracy: among the 289 views it picks the one the
+  classifier is most sure about, so where the classifier is confidently wrong on some view (on the
+  shipped phantom checkpoint: healthy images with p(Any) > 0.99 on some lung-apex views) it finds
+  exactly that view.
 - ``oracle-label``: greedy one-step on the true image *and* its labels: the candidate whose scan
   gives the true labels the highest probability, ``argmin_c CE(y, g(v | x * m_c, m_c))``. The
   entropy oracle can be confidently wrong; this one is the best possible one-step choice for
