@@ -70,7 +70,7 @@ class TrainConfig:
         seed: everything random in the run derives from it.
     """
 
-    steps: int = 5000
+    steps: int = 8000
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -79,7 +79,7 @@ class TrainConfig:
     ema: float = 0.0
     p_full: float = 0.25
     p_empty: float = 0.05
-    n_train: int = 12000
+    n_train: int = 16000
     n_val: int = 1000
     val_every: int = 500
     grad_clip: float = 5.0
