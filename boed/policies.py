@@ -4,17 +4,16 @@
 - ``random``: a uniformly random candidate among those that reveal something new.
 - ``raster``: the next candidate in row-major order that overlaps nothing seen so far (a tiling),
   else the one revealing the most new pixels.
-- ``oracle``: greedy one-step on the *true* image: the candidate whose scan leaves the classifier
-  least uncertain about the target, ``argmin_c H[g(v | x * m_c, m_c)]``. It looks at the hidden
-  image, so it is an upper bound on any one-step design for the design criterion (entropy), not
-  a usable policy. It is not an upper bound on accuracy: among the 289 views it picks the one the
-  classifier is most sure about, so where the classifier is confidently wrong on some view (on the
-  shipped phantom checkpoint: healthy images with p(Any) > 0.99 on some lung-apex views) it finds
-  exactly that view.
-- ``oracle-label``: greedy one-step on the true image *and* its labels: the candidate whose scan
-  gives the true labels the highest probability, ``argmin_c CE(y, g(v | x * m_c, m_c))``. The
-  entropy oracle can be confidently wrong; this one is the best possible one-step choice for
-  accuracy (the greedy oracle of active MRI acquisition, which scores with the ground truth).
+- ``oracle``: greedy one-step on the true image *and* its labels: the candidate whose scan gives
+  the true labels the highest probability, ``argmin_c CE(y, g(v | x * m_c, m_c))``. It scores with
+  the ground truth, like the greedy oracle of active MRI acquisition, so it is an upper bound on
+  the accuracy any one-step design can reach with this classifier; not a usable policy.
+- ``oracle-entropy``: greedy one-step on the true image alone: the candidate whose scan leaves the
+  classifier least uncertain, ``argmin_c H[g(v | x * m_c, m_c)]``, i.e. the largest *realised*
+  information gain: an upper bound for the design criterion (entropy) but not for accuracy.
+  Among the 289 views it picks the one the classifier is most sure about, so where the classifier
+  is confidently wrong on some view (on the shipped phantom checkpoint: a few healthy images get
+  p(Any) > 0.9 on single normal-lung views) it finds exactly that view.
 
 The full-image reference (the classifier on the whole image) is not a policy: ``boed.simulate``
 records it as the session policy :data:`FULL_IMAGE` with a single step.
@@ -51,7 +50,7 @@ class DecisionState:
         generator: the session's random generator.
         eig: ``(K,)`` EIG map when the policy ``needs_eig``, else None.
         image: the hidden image ``(1, 1, H, W)``: only the oracles may look at it.
-        labels: the true labels ``(L,)`` (NaN = unknown): only ``oracle-label`` looks at them.
+        labels: the true labels ``(L,)`` (NaN = unknown): only ``oracle`` looks at them.
         classifier, target: for policies that query the classifier (the oracle).
     """
 
@@ -120,31 +119,31 @@ class RasterPolicy:
         return int(torch.argmax(new))  # first of the maxima
 
 
-class OraclePolicy:
-    """Greedy one-step on the true image: ``argmin_c H[g(v | x * m_c, m_c)]`` (an upper bound)."""
+class EntropyOraclePolicy:
+    """Greedy one-step on the true image: ``argmin_c H[g(v | x * m_c, m_c)]`` (bounds the criterion)."""
 
-    name = "oracle"
+    name = "oracle-entropy"
     needs_eig = False
 
     def choose(self, state: DecisionState) -> int:
         if state.image is None or state.classifier is None or state.target is None:
-            raise BoedError("the oracle policy needs the hidden image, the classifier and the target")
+            raise BoedError("the oracle-entropy policy needs the hidden image, the classifier and the target")
         active = state.revealing().nonzero().squeeze(1).to(state.mask.device)
         masks = torch.maximum(state.mask, state.candidates.masks.to(state.mask)[active])
         entropy = entropies_after(state.classifier, state.image, masks, state.target, state.memory_budget)[0]
         return int(active[torch.argmin(entropy)])
 
 
-class LabelOraclePolicy:
-    """Greedy one-step on the true image and labels: ``argmin_c CE(y, g(v | x * m_c, m_c))``."""
+class OraclePolicy:
+    """Greedy one-step on the true image and labels: ``argmin_c CE(y, g(v | x * m_c, m_c))`` (an upper bound)."""
 
-    name = "oracle-label"
+    name = "oracle"
     needs_eig = False
 
     def choose(self, state: DecisionState) -> int:
         if state.image is None or state.labels is None or state.classifier is None or state.target is None:
             raise BoedError(
-                "the oracle-label policy needs the hidden image and labels, the classifier and the target"
+                "the oracle policy needs the hidden image and labels, the classifier and the target"
             )
         active = state.revealing().nonzero().squeeze(1).to(state.mask.device)
         masks = torch.maximum(state.mask, state.candidates.masks.to(state.mask)[active])
@@ -164,7 +163,7 @@ POLICIES: dict[str, type] = {
     "random": RandomPolicy,
     "raster": RasterPolicy,
     "oracle": OraclePolicy,
-    "oracle-label": LabelOraclePolicy,
+    "oracle-entropy": EntropyOraclePolicy,
 }
 
 

@@ -117,7 +117,7 @@ def run_session(
     """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
 
     Args:
-        labels: the true labels ``(L,)`` (only the ``oracle-label`` policy looks at them).
+        labels: the true labels ``(L,)`` (only the ``oracle`` policy looks at them).
         classifier: ``g`` on partial views.
         policy: chooses each scan (``policy.needs_eig``: the EIG map is estimated first).
         candidates: the candidate grid (its image size must match ``image``).

@@ -85,19 +85,19 @@ def test_raster_policy_tiles(world, grid):
     assert get_policy("raster").choose(_state(world, grid, [4, 0])) == 2
 
 
-def test_oracle_minimises_entropy_on_true_image(world, grid):
+def test_entropy_oracle_minimises_entropy_on_true_image(world, grid):
     from boed.eig import resolve_target, target_entropy
 
     clf = BayesClassifier(world)
     tgt = resolve_target("any", world.labels)
     state = _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1])
-    choice = get_policy("oracle").choose(state)
+    choice = get_policy("oracle-entropy").choose(state)
     ent = [float(target_entropy(clf.predict(world.images[0:1] * m, m), tgt)[0]) for m in grid.masks[:, None]]
     assert ent[choice] == pytest.approx(min(ent))
 
 
 def test_policy_names():
-    assert set(POLICIES) == {"boed", "random", "raster", "oracle", "oracle-label"}
+    assert set(POLICIES) == {"boed", "random", "raster", "oracle", "oracle-entropy"}
     assert parse_policies("boed, random,boed") == ("boed", "random")
     with pytest.raises(BoedError, match="valid policies: boed, random, raster, oracle"):
         parse_policies("boed,greedy")
@@ -287,7 +287,8 @@ def test_first_decision_is_shared_and_reproducible(world):
 
 
 def test_boed_beats_random_with_exact_models():
-    """With an exact posterior sampler and a Bayes classifier, BOED must reduce the entropy faster."""
+    """With an exact posterior sampler and a Bayes classifier, BOED must reduce the entropy faster;
+    the entropy oracle bounds that criterion and the label oracle bounds the probability of the truth."""
     from boed.report.metrics import mean_binary_entropy
 
     world = ToyWorld(size=32, patch=8, seed=7, findings=("Effusion", "Nodule", "Mass"), n_nuisance=3)
@@ -300,16 +301,20 @@ def test_boed_beats_random_with_exact_models():
         grid=5,
         image_size=32,
         patch_size=8,
-        policies=("boed", "random", "oracle"),
+        policies=("boed", "random", "oracle-entropy", "oracle"),
         figure_sessions=0,
     )
     run_simulation(store, ToyDataset(world, n=16), PosteriorSampler(world), BayesClassifier(world), config)
-    entropy = {}
-    for policy in ("boed", "random", "oracle"):
+    entropy, p_truth = {}, {}
+    for policy in config.policies:
         sids = {sid for sid, s in store.sessions.items() if s["policy"] == policy}
-        probs = [r["probs"][14] for r in store.steps if r["session_id"] in sids and r["step"] == 2]
+        rows = [r for r in store.steps if r["session_id"] in sids and r["step"] == 2]
+        probs = [r["probs"][14] for r in rows]
+        truth = [store.sessions[r["session_id"]]["true_labels"][14] for r in rows]
         entropy[policy] = mean_binary_entropy(probs)
-    assert entropy["oracle"] <= entropy["boed"] + 1e-6 < entropy["random"]
+        p_truth[policy] = sum(p if t == 1 else 1 - p for p, t in zip(probs, truth, strict=True)) / len(rows)
+    assert entropy["oracle-entropy"] <= entropy["boed"] + 1e-6 < entropy["random"]
+    assert p_truth["oracle"] >= max(p_truth["boed"], p_truth["random"]) - 1e-6
 
 
 def test_unreadable_image_fails_its_sessions_only(world):
@@ -330,20 +335,20 @@ def test_unreadable_image_fails_its_sessions_only(world):
     assert sum(s["status"] == "done" for s in store.sessions.values()) == 8
 
 
-def test_label_oracle_maximises_probability_of_the_truth(world, grid):
+def test_oracle_maximises_probability_of_the_truth(world, grid):
     from boed.eig import resolve_target
 
     clf = BayesClassifier(world)
     tgt = resolve_target("any", world.labels)
     truth = world.state_labels[0].float()
     state = _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1], labels=truth)
-    choice = get_policy("oracle-label").choose(state)
+    choice = get_policy("oracle").choose(state)
     p_true = []
     for m in grid.masks[:, None]:
         p = float(clf.predict(world.images[0:1] * m, m)[0, 14])
         p_true.append(p if truth[14] == 1 else 1 - p)
     assert p_true[choice] == pytest.approx(max(p_true))
     with pytest.raises(BoedError, match="labels"):
-        get_policy("oracle-label").choose(
+        get_policy("oracle").choose(
             _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1])
         )
