@@ -52,7 +52,8 @@ def override(config: T, **changes: Any) -> T:
     unknown = sorted(set(changes) - names)
     if unknown:
         raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)} for {type(config).__name__}; valid: {', '.join(sorted(names))}"
+            f"unknown option(s) {', '.join(unknown)} for {type(config).__name__}; "
+            f"valid: {', '.join(sorted(names))}"
         )
     return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
 

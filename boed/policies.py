@@ -135,7 +135,7 @@ class EntropyOraclePolicy:
 
 
 class OraclePolicy:
-    """Greedy one-step on the true image and labels: ``argmin_c CE(y, g(v | x * m_c, m_c))`` (an upper bound)."""
+    """Greedy one-step on the true image and labels: ``argmin_c CE(y, g(v | x * m_c, m_c))``."""
 
     name = "oracle"
     needs_eig = False

@@ -80,7 +80,10 @@ def simulate(
         help="chestxray (NIH with --data-root, else phantoms), phantoms, nih, dicom, folder.",
     ),
     policy: str = typer.Option(
-        "boed,random,oracle", "--policy", help="Comma-separated: boed, random, raster, oracle (scores with the truth: upper bound), oracle-entropy."
+        "boed,random,oracle",
+        "--policy",
+        help="Comma-separated: boed, random, raster, oracle (greedy with the truth: an upper bound), "
+        "oracle-entropy.",
     ),
     scans: int = typer.Option(5, "--scans", help="Scans per session."),
     n_images: int = typer.Option(DEFAULT_N_IMAGES, "--n-images", help="Test images to simulate."),

@@ -107,16 +107,14 @@ def train(
             loss.backward()
             limit = grad_clip if grad_clip is not None else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
-            skip = not math.isfinite(grad_norm) or (
-                skip_threshold is not None and grad_norm > skip_threshold
-            )
+            skip = not math.isfinite(grad_norm) or (skip_threshold is not None and grad_norm > skip_threshold)
         if skip:
             state.skipped += 1
             state.consecutive_skips += 1
             if state.consecutive_skips >= max_consecutive_skips:
                 raise TrainingError(
-                    f"{state.consecutive_skips} updates in a row were skipped (last loss {float(loss.detach()):.4g}, "
-                    f"grad norm {grad_norm:.4g}, skip threshold {skip_threshold}): lower the learning rate "
+                    f"{state.consecutive_skips} updates in a row were skipped "
+                    f"(last loss {float(loss.detach()):.4g}, grad norm {grad_norm:.4g}, skip threshold {skip_threshold}): lower the learning rate "
                     "or raise the skip threshold"
                 )
         else:

@@ -7,7 +7,11 @@ from boed.config import PRESETS, ConfigError, Preset, from_dict, get_preset, ove
 
 def test_presets_match_the_design_table():
     assert (PRESETS["cpu"].image_size, PRESETS["cpu"].patch_size, PRESETS["cpu"].grid) == (64, 16, 17)
-    assert (PRESETS["paper"].image_size, PRESETS["paper"].patch_size, PRESETS["paper"].n_samples) == (256, 64, 10)
+    assert (PRESETS["paper"].image_size, PRESETS["paper"].patch_size, PRESETS["paper"].n_samples) == (
+        256,
+        64,
+        10,
+    )
 
 
 def test_unknown_preset_lists_valid_ones():

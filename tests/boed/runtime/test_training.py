@@ -25,7 +25,11 @@ def test_train_reduces_loss_and_counts():
     seen = []
     state = train(
         lambda b: {"loss": ((model(b[0]) - b[1]) ** 2).mean()},
-        model.parameters(), opt, batches, steps=200, callbacks=[lambda s, st: seen.append(st["loss"])],
+        model.parameters(),
+        opt,
+        batches,
+        steps=200,
+        callbacks=[lambda s, st: seen.append(st["loss"])],
     )
     assert state.step == 200 and state.images_seen == 200 * 16 and state.skipped == 0
     assert seen[-1] < 1e-3 < seen[0]
@@ -45,7 +49,9 @@ def test_non_finite_and_exploding_updates_are_skipped():
 
     state = train(loss_fn, model.parameters(), opt, endless([[0]]), steps=2, skip_threshold=100.0)
     assert state.skipped == 2 and torch.equal(model.weight, before)
-    state = train(loss_fn, model.parameters(), opt, endless([[0]]), steps=3, state=state, skip_threshold=100.0)
+    state = train(
+        loss_fn, model.parameters(), opt, endless([[0]]), steps=3, state=state, skip_threshold=100.0
+    )
     assert state.skipped == 2 and not torch.equal(model.weight, before)
 
 
@@ -53,16 +59,29 @@ def test_all_updates_skipped_raises():
     model = nn.Linear(1, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingError, match="in a row were skipped"):
-        train(lambda _: {"loss": 1e9 * model.weight.sum()}, model.parameters(), opt, endless([[0]]),
-              steps=100, skip_threshold=1.0, max_consecutive_skips=5)
+        train(
+            lambda _: {"loss": 1e9 * model.weight.sum()},
+            model.parameters(),
+            opt,
+            endless([[0]]),
+            steps=100,
+            skip_threshold=1.0,
+            max_consecutive_skips=5,
+        )
 
 
 def test_gradient_clipping_bounds_the_step():
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train(lambda _: {"loss": 1000.0 * model.weight.sum()}, model.parameters(), opt, endless([[0]]),
-          steps=1, grad_clip=0.5)
+    train(
+        lambda _: {"loss": 1000.0 * model.weight.sum()},
+        model.parameters(),
+        opt,
+        endless([[0]]),
+        steps=1,
+        grad_clip=0.5,
+    )
     assert model.weight.item() == pytest.approx(-0.5)
 
 
