@@ -114,8 +114,8 @@ def train(
             if state.consecutive_skips >= max_consecutive_skips:
                 raise TrainingError(
                     f"{state.consecutive_skips} updates in a row were skipped "
-                    f"(last loss {float(loss.detach()):.4g}, grad norm {grad_norm:.4g}, skip threshold {skip_threshold}): lower the learning rate "
-                    "or raise the skip threshold"
+                    f"(last loss {float(loss.detach()):.4g}, grad norm {grad_norm:.4g}, "
+                    f"skip threshold {skip_threshold}): lower the learning rate or raise the skip threshold"
                 )
         else:
             state.consecutive_skips = 0
