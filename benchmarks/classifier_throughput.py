@@ -9,7 +9,7 @@ chunking, default memory format, ``torch.no_grad``), and batch-size-1 calls. Abs
 drift on shared machines; the ratios are the point.
 
     .venv/bin/python benchmarks/classifier_throughput.py [--threads 2] [--device cpu|cuda]
-        [--repeats 3] [--json runs/benchmarks/classifier_throughput.json]
+        [--repeats 5] [--json runs/benchmarks/classifier_throughput.json]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -28,17 +29,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, n_images: int, device: torch.device, repeats: int) -> float:
-    """Best-of-``repeats`` images/s of ``fn()`` (after one warm-up call)."""
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved(fns: dict, n_images: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median images/s of each ``fns[name]()`` over ``repeats`` rounds, the methods taking turns.
+
+    Taking turns (after one warm-up call each) exposes every method to the same background load,
+    which on a shared machine drifts by several times within a minute.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return n_images / best
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            rates[name].append(n_images[name] / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def bench_preset(
@@ -68,42 +75,27 @@ def bench_preset(
         with torch.no_grad():
             return torch.sigmoid(reference(x, m))
 
-    rows = []
-    ref_rate = timed(plain, n, device, repeats)
-    rows.append(
-        {
-            "preset": preset,
-            "method": "plain forward, whole batch (reference)",
-            "images": n,
-            "img_per_s": ref_rate,
-        }
-    )
-    n1 = min(n, 64)
+    n1 = min(n, 32)
 
     def batch_one():
         with torch.no_grad():
             for i in range(n1):
                 reference(x[i : i + 1], m[i : i + 1])
 
-    rows.append(
-        {
-            "preset": preset,
-            "method": "plain forward, batch 1",
-            "images": n1,
-            "img_per_s": timed(batch_one, n1, device, 1),
-        }
+    def predict_with(chunk):
+        def run():
+            clf.chunk_size = chunk
+            return clf.predict(x, m)
+
+        return run
+
+    names = {"plain forward, whole batch (reference)": (plain, n), "plain forward, batch 1": (batch_one, n1)}
+    names |= {f"PartialClassifier.predict (chunk {c})": (predict_with(c), n) for c in chunk_sizes}
+    rates = interleaved(
+        {k: v[0] for k, v in names.items()}, {k: v[1] for k, v in names.items()}, device, repeats
     )
-    for chunk in chunk_sizes:
-        clf.chunk_size = chunk
-        rate = timed(lambda: clf.predict(x, m), n, device, repeats)
-        rows.append(
-            {
-                "preset": preset,
-                "method": f"PartialClassifier.predict (chunk {chunk})",
-                "images": n,
-                "img_per_s": rate,
-            }
-        )
+    ref_rate = rates["plain forward, whole batch (reference)"]
+    rows = [{"preset": preset, "method": k, "images": names[k][1], "img_per_s": r} for k, r in rates.items()]
     # consistency: the optimised path gives the reference's probabilities
     with torch.no_grad():
         diff = float(
@@ -125,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpu-images", type=int, default=17 * 17 * 10)
     parser.add_argument("--paper-images", type=int, default=32)
     parser.add_argument("--chunks", default="256,512")
