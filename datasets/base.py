@@ -9,6 +9,7 @@ JSON-able description for checkpoints and runs, ``ds.tensors()`` loads everythin
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ log = logging.getLogger("datasets")
 SPLITS = ("train", "val", "test", "all")
 
 
-class ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset, abc.ABC):
     """Base class: subclasses set ``labels``, ``ids``, ``size`` and implement ``_load(i)``.
 
     ``_load(i)`` returns ``(img (1, S, S) float32, lab (L,) float32)``.
@@ -46,8 +47,9 @@ class ImageDataset(torch.utils.data.Dataset):
         img, lab = self._load(i)
         return {"idx": self.ids[i], "img": img, "lab": lab}
 
-    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``(1, S, S)`` and labels ``(L,)`` of item ``i``."""
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images ``(n, 1, S, S)`` and labels ``(n, L)`` in memory."""
@@ -58,8 +60,9 @@ class ImageDataset(torch.utils.data.Dataset):
             images[i], labels[i] = self._load(i)
         return images, labels
 
-    def describe(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description of the dataset (stored with checkpoints and runs)."""
 
     def __repr__(self) -> str:
         d = self.describe()
