@@ -13,6 +13,7 @@ Presets share names with ``boed.config.PRESETS``:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from boed.config import get_preset, override
@@ -53,16 +54,8 @@ class AIPOConfig:
     pixel_noise: bool = False
 
     def arch(self) -> Architecture:
-        return Architecture(
-            image_size=self.image_size,
-            width=self.width,
-            zdim=self.zdim,
-            enc_blocks=self.enc_blocks,
-            dec_blocks=self.dec_blocks,
-            bottleneck=self.bottleneck,
-            n_mixtures=self.n_mixtures,
-            no_bias_above=self.no_bias_above, grad_checkpoint=self.grad_checkpoint,
-        )
+        # the model half of the preset: every Architecture field, read from this flat config
+        return Architecture(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Architecture)})
 
 
 PRESETS: dict[str, AIPOConfig] = {
@@ -106,7 +99,8 @@ PRESETS: dict[str, AIPOConfig] = {
         skip_threshold=180.0,
         batch_size=8,
         steps=50_000,
-        objective="aipo", grad_checkpoint=True,
+        objective="aipo",
+        grad_checkpoint=True,
     ),
 }
 
