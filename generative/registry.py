@@ -50,7 +50,7 @@ def build_sampler(
     import torch
 
     from generative.aipo import AIPOSampler
-    from generative.training import load_model
+    from generative.checkpoint import load_model
 
     model, meta = load_model(checkpoint, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU

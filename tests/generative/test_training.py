@@ -10,7 +10,8 @@ from boed.runtime.training import TrainingError
 from generative.config import get_config
 from generative.errors import SamplerError
 from generative.registry import build_sampler
-from generative.training import TrainOptions, ema_decay_at, load_model, lr_at, train_sampler, train_state_path
+from generative.checkpoint import load_model
+from generative.training import TrainOptions, ema_decay_at, lr_at, train_sampler, train_state_path
 
 from .conftest import fake_masks
 
