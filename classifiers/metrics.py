@@ -1,7 +1,17 @@
-"""Metrics of a probabilistic multi-label classifier, as pure functions.
+"""Metrics of a probabilistic multi-label classifier, from well-kept libraries.
 
-Labels are float with NaN = unknown; every metric ignores unknown entries. A metric that is
-undefined on the data (AUROC of a label with no positive or no negative) is ``nan``, never an error.
+- AUROC and accuracy: scikit-learn (``roc_auc_score``, ``accuracy_score``).
+- Expected calibration error: torchmetrics (``BinaryCalibrationError``, equal-width bins, L1).
+- Temperature: ``scipy.optimize.minimize_scalar`` (bounded) on log T.
+
+Conventions shared by every function here:
+
+- Labels are float with NaN = unknown; every metric ignores unknown entries. Known labels must be
+  0 or 1 (anything else is a :class:`ClassifierError`).
+- A prediction ``p`` counts as positive when ``p >= threshold`` (default 0.5); the same
+  convention as ``boed.report.metrics.accuracy``.
+- A metric that is undefined on the data (AUROC of a label with no positive or no negative, any
+  metric with no known label) is ``nan``, never an error. Non-finite predictions are an error.
 """
 
 from __future__ import annotations
@@ -11,7 +21,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
+
+from classifiers.errors import ClassifierError
+
+# Bounds of the temperature search: far beyond any temperature a trained network needs.
+T_MIN, T_MAX = 0.05, 20.0
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -25,76 +39,102 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (loss * known).sum() / known.sum().clamp(min=1)
 
 
-def auroc(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); ``nan`` if undefined."""
+def _known(scores: np.ndarray, targets: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened ``(scores, targets)`` restricted to known targets; targets as bool."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     targets = np.asarray(targets, dtype=np.float64).ravel()
+    if scores.shape != targets.shape:
+        raise ClassifierError(f"{what}: {scores.size} predictions but {targets.size} labels")
     known = ~np.isnan(targets)
-    scores, targets = scores[known], targets[known] > 0.5
-    n_pos, n_neg = int(targets.sum()), int((~targets).sum())
-    if n_pos == 0 or n_neg == 0:
+    scores, targets = scores[known], targets[known]
+    if not np.isin(targets, (0.0, 1.0)).all():
+        bad = targets[~np.isin(targets, (0.0, 1.0))][0]
+        raise ClassifierError(f"{what}: labels must be 0, 1 or NaN (unknown), got {bad:g}")
+    if not np.isfinite(scores).all():
+        raise ClassifierError(
+            f"{what}: {int((~np.isfinite(scores)).sum())} of {scores.size} predictions are not finite"
+        )
+    return scores, targets > 0.5
+
+
+def auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``; ties count one half).
+
+    ``nan`` when the known labels hold no positive or no negative.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scores, truth = _known(scores, targets, "AUROC")
+    if truth.all() or not truth.any():
         return math.nan
-    ranks = rankdata(scores)
-    return float((ranks[targets].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(truth, scores))
 
 
 def accuracy(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> float:
-    """Fraction of known entries where ``probs > threshold`` agrees with the label; ``nan`` if none."""
-    probs = np.asarray(probs, dtype=np.float64).ravel()
-    targets = np.asarray(targets, dtype=np.float64).ravel()
-    known = ~np.isnan(targets)
-    if not known.any():
+    """Fraction of known labels predicted right, ``probs >= threshold`` meaning positive.
+
+    ``sklearn.metrics.accuracy_score``; ``nan`` when no label is known.
+    """
+    from sklearn.metrics import accuracy_score
+
+    probs, truth = _known(probs, targets, "accuracy")
+    if truth.size == 0:
         return math.nan
-    return float(np.mean((probs[known] > threshold) == (targets[known] > 0.5)))
+    return float(accuracy_score(truth, probs >= threshold))
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> float:
-    """ECE with ``n_bins`` equal-width bins of predicted probability over known entries (all labels pooled).
+    """ECE with ``n_bins`` equal-width bins of predicted probability, all entries pooled.
 
-    ``sum_b |B_b|/n * |mean(y in B_b) - mean(p in B_b)|`` (Guo et al. 2017, binary form).
+    ``sum_b |B_b|/n * |mean(y in B_b) - mean(p in B_b)|`` over the known entries (Guo, Pleiss,
+    Sun and Weinberger, "On Calibration of Modern Neural Networks", 2017, Eq. 3, in its binary
+    form), computed by ``torchmetrics.classification.BinaryCalibrationError(n_bins, norm="l1")``.
+    ``nan`` when no label is known.
     """
-    probs = np.asarray(probs, dtype=np.float64).ravel()
-    targets = np.asarray(targets, dtype=np.float64).ravel()
-    known = ~np.isnan(targets)
-    probs, targets = probs[known], targets[known]
-    if probs.size == 0:
+    from torchmetrics.classification import BinaryCalibrationError
+
+    probs, truth = _known(probs, targets, "ECE")
+    if truth.size == 0:
         return math.nan
-    bins = np.clip((probs * n_bins).astype(int), 0, n_bins - 1)
-    total = 0.0
-    for b in np.unique(bins):
-        sel = bins == b
-        total += sel.sum() * abs(targets[sel].mean() - probs[sel].mean())
-    return float(total / probs.size)
+    if probs.min() < 0 or probs.max() > 1:
+        # torchmetrics would silently treat such values as logits and apply a sigmoid
+        raise ClassifierError("ECE: predictions must be probabilities in [0, 1]")
+    metric = BinaryCalibrationError(n_bins=n_bins, norm="l1")
+    return float(metric(torch.from_numpy(probs), torch.from_numpy(truth.astype(np.int64))))
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, lo: float = 0.05, hi: float = 20.0) -> float:
-    """The single temperature T minimising the masked BCE of ``logits / T`` (golden-section on log T).
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, lo: float = T_MIN, hi: float = T_MAX
+) -> float:
+    """The single temperature T in ``[lo, hi]`` minimising the masked BCE of ``logits / T``.
 
-    Temperature scaling (Guo et al. 2017) keeps the ranking, so AUROC is unchanged; it fixes the
-    over- or under-confidence that matters for entropies in the EIG.
+    Temperature scaling (Guo et al. 2017, section 4.2) keeps the ranking, so AUROC is unchanged; it
+    fixes the over- or under-confidence that matters for entropies in the EIG. The negative
+    log-likelihood is convex in 1/T, hence unimodal in log T, and
+    ``scipy.optimize.minimize_scalar(method="bounded")`` (Brent) finds its minimum on
+    ``[log lo, log hi]``. Returns 1.0 when no label is known.
+
+    Args:
+        logits, labels: ``(B, L)``; labels 0/1 with NaN = unknown.
     """
-    logits = logits.detach().double()
-    labels = labels.detach().double()
+    from scipy.optimize import minimize_scalar
+
+    logits = logits.detach().double().cpu()
+    labels = labels.detach().double().cpu()
+    if not (~torch.isnan(labels)).any():
+        return 1.0
+    if not torch.isfinite(logits).all():
+        raise ClassifierError("temperature fit: the logits are not all finite")
 
     def nll(log_t: float) -> float:
         return float(masked_bce(logits / math.exp(log_t), labels))
 
-    a, b = math.log(lo), math.log(hi)
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(60):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = nll(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = nll(d)
-    return float(math.exp((a + b) / 2))
+    result = minimize_scalar(
+        nll, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-6}
+    )
+    return float(math.exp(result.x))
 
 
-def nan_to_none(value: float) -> float | None:
+def nan_to_none(value: float | None) -> float | None:
     """JSON-friendly: ``nan`` becomes ``None``."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
