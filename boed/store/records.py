@@ -1,0 +1,128 @@
+"""The store's plain values: the records it returns and the converters of what it is given.
+
+Nothing here touches the database: :class:`RunRecord` and :class:`SessionRecord` are the frozen
+dataclasses the read API returns, and the converters turn numbers, arrays, tensors and configs
+into what the JSON and float columns hold (NaN and inf become ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+
+from boed.store.errors import StoreError
+
+RUN_STATUSES = ("running", "done", "failed", "interrupted")
+SESSION_STATUSES = ("running", "done", "failed")
+MAX_ERROR_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs`` (see docs/store.md)."""
+
+    run_id: str
+    created_at: datetime
+    finished_at: datetime | None
+    status: str
+    config: dict[str, Any]
+    code_version: str
+    sampler: str
+    sampler_sha256: str | None
+    classifier: str
+    classifier_sha256: str | None
+    dataset: dict[str, Any]
+    seed: int
+    labels: tuple[str, ...]
+    timings: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One row of ``sessions``; ``true_labels`` in the run's label order, NaN = unknown."""
+
+    id: int
+    run_id: str
+    image_id: str
+    image_index: int
+    policy: str
+    true_labels: tuple[float, ...]
+    status: str
+    error: str | None
+    started_at: datetime
+    ended_at: datetime | None
+
+
+def now() -> datetime:
+    """The current time in UTC (every timestamp of the store)."""
+    return datetime.now(UTC)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back: they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``float(value)``, or None for None, NaN and inf."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def jsonable(value: Any, what: str) -> Any:
+    """``value`` as plain JSON (NaN/inf -> null, tuples -> lists, numpy/torch scalars -> numbers)."""
+
+    def convert(v: Any) -> Any:
+        if v is None or isinstance(v, bool | str | int):
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {str(k): convert(x) for k, x in v.items()}
+        if isinstance(v, list | tuple | set | frozenset):
+            return [convert(x) for x in v]
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        if isinstance(v, date):  # and datetime
+            return v.isoformat()
+        if hasattr(v, "tolist"):  # numpy arrays and scalars, torch tensors
+            return convert(v.tolist())
+        raise StoreError(f"{what} is not JSON-serialisable: {type(v).__name__} value {v!r}")
+
+    result = convert(value)
+    json.dumps(result, allow_nan=False)
+    return result
+
+
+def floats(values: Any, what: str) -> list[float | None]:
+    """A flat list of floats (None for NaN/inf) from a sequence, numpy array or tensor."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+    try:
+        array = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} must be a sequence of numbers: {exc}") from None
+    return [float(v) if math.isfinite(v) else None for v in array]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a (database driver's) error message."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``YYYYmmdd-HHMMSS-xxxxxx`` (UTC time + 6 random hex digits)."""
+    return f"{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
