@@ -12,9 +12,10 @@ mask ``m_c = m OR patch(c)``:
 
 The location is chosen where the EIG is largest (the paper's footnote 6: maximised).
 
-``v`` is the *target*: ``"any"`` (the ``Any`` output: the paper's setting), ``"all"`` (the sum of
-the binary entropies of the 14 findings, i.e. the entropy of the findings treated as independent)
-or one named label. Entropies are in nats.
+``v`` is the *target*, resolved against the classifier's own labels (:func:`resolve_target`):
+one of its labels by name (case-insensitive; ``"any"`` is the ``Any`` output: the paper's setting)
+or ``"all"`` (the sum of the binary entropies of every label except ``Any``, i.e. the entropy of
+the labels treated as independent; for ChestX-ray14 the 14 findings). Entropies are in nats.
 
 The hot path is the (candidates x completions) product of classifier calls: 2,890 at the paper's
 17 x 17 grid and N = 10. It is built with broadcasting, deduplicated (candidates whose new masks
@@ -42,46 +43,79 @@ DEFAULT_MEMORY_BUDGET = 64 * 2**20
 _EPS = 1e-7
 
 
+ALL = "all"
+ANY = "any"
+
+
 @dataclass(frozen=True)
 class Target:
     """The variable ``v`` whose entropy the design reduces.
 
     Attributes:
-        name: ``"any"``, ``"all"`` or a label name in the classifier's spelling.
+        name: the canonical name stored with a run: ``"all"`` or one label in the classifier's
+            spelling (``"Any"`` for the target ``any``).
         indices: the classifier outputs whose binary entropies are summed.
+        labels: the classifier's names of those outputs (same order as ``indices``).
     """
 
     name: str
     indices: tuple[int, ...]
+    labels: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """How reports name the target: the label, or ``all (N labels)``."""
+        if self.name == ALL:
+            return f"all ({len(self.indices)} labels)"
+        return self.name
 
 
 def valid_targets(labels: Sequence[str]) -> list[str]:
-    """Names accepted by :func:`resolve_target` for a classifier with these ``labels``."""
-    return ["any", "all", *[label for label in labels if label.lower() != "any"]]
+    """Names accepted by :func:`resolve_target` for a classifier with these ``labels``.
+
+    ``any`` only when the classifier has an ``Any`` output, ``all`` only when it has a label other
+    than ``Any``, then every label but ``Any``.
+    """
+    others = [label for label in labels if label.lower() != ANY]
+    return [*([ANY] if len(others) < len(labels) else []), *([ALL] if others else []), *others]
 
 
 def resolve_target(target: str | Target, labels: Sequence[str]) -> Target:
-    """Turn ``"any"``, ``"all"`` or a label name (case-insensitive) into a :class:`Target`.
+    """Turn a target name into a :class:`Target` of a classifier with these ``labels``.
+
+    - a label name (case-insensitive; so ``"any"`` is the ``Any`` output when there is one; a
+      label literally called ``all`` is chosen over the keyword);
+    - ``"all"``: every label except ``Any``.
+
+    ``"any"`` for a classifier without an ``Any`` output is refused rather than derived: the
+    probability that at least one label is positive is not a function of the per-label
+    marginals the classifier returns (it would need their dependence), so the run would report a
+    quantity the classifier never estimated.
 
     Raises:
-        BoedError: an unknown name (the message lists the valid ones) or a classifier without the
-            outputs the target needs.
+        BoedError: an unknown name (the message lists the classifier's valid targets) or a
+            classifier without the outputs the target needs.
     """
     if isinstance(target, Target):
         return target
-    from datasets.labels import FINDINGS
-
+    labels = [str(label) for label in labels]
     key = str(target).strip().lower()
     lowered = [label.lower() for label in labels]
-    if key == "all":
-        indices = tuple(i for i, label in enumerate(labels) if label in FINDINGS)
-        if not indices:
-            raise BoedError("target 'all' needs a classifier with the 14 finding outputs")
-        return Target("all", indices)
+    valid = ", ".join(valid_targets(labels))
     if key in lowered:
         i = lowered.index(key)
-        return Target("any" if key == "any" else labels[i], (i,))
-    raise BoedError(f"unknown target {target!r}; valid targets: {', '.join(valid_targets(labels))}")
+        return Target(labels[i], (i,), (labels[i],))
+    if key == ALL:
+        indices = tuple(i for i, label in enumerate(lowered) if label != ANY)
+        if not indices:
+            raise BoedError(f"target 'all' needs a label other than Any; the classifier has only {labels[0]}")
+        return Target(ALL, indices, tuple(labels[i] for i in indices))
+    if key == ANY:
+        raise BoedError(
+            f"target 'any' needs a classifier with an 'Any' output; this classifier's labels are "
+            f"{', '.join(labels)} (valid targets: {valid})"
+        )
+    raise BoedError(f"unknown target {target!r}; valid targets: {valid}")
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -104,9 +138,25 @@ def normalised_weights(
     lw = log_weights.reshape(-1).double()
     if lw.numel() != n:
         raise BoedError(f"{lw.numel()} log-weights for {n} completions")
+    if torch.isnan(lw).any() or (lw == torch.inf).any():
+        raise BoedError("the sampler returned NaN or +inf log-weights")
     if not torch.isfinite(lw).any():
         raise BoedError("every completion has a non-finite log-weight")
     return torch.softmax(lw, dim=0).to(device)
+
+
+def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """Return ``values`` if every entry is finite, else raise :class:`BoedError` naming ``what``.
+
+    A NaN probability or completion must fail the decision: left alone it becomes a NaN EIG map
+    whose argmax is candidate 0 and a session recorded as done with null probabilities.
+    """
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        kind = "NaN" if bool(torch.isnan(values).any()) else "infinite"
+        raise BoedError(f"{what}: {bad} of {values.numel()} values are {kind}")
+    return values
 
 
 class EIG(NamedTuple):
@@ -178,6 +228,7 @@ def expected_information_gain(
     """
     observed, mask = _single(observed, "observed"), _single(mask, "mask")
     images = _completion_images(completions, observed.shape)  # (N, 1, H, W)
+    check_finite(images, "the sampler returned non-finite completions")
     if log_weights is None and hasattr(completions, "log_weights"):
         log_weights = completions.log_weights
     cand = _candidate_masks(candidates).to(observed.device)  # (K, 1, H, W)
@@ -188,6 +239,7 @@ def expected_information_gain(
     weights = normalised_weights(log_weights, n, observed.device)
     if current_probs is None:
         current_probs = classifier.predict(observed, mask)
+    check_finite(current_probs, "the classifier returned non-finite probabilities on the observation")
     h_now = target_entropy(current_probs.reshape(1, -1), tgt)[0]
 
     seen = mask > 0.5
@@ -200,7 +252,8 @@ def expected_information_gain(
         unique = new_masks[active][first].float()  # (U, 1, H, W)
         h_after = entropies_after(classifier, images, unique, tgt, memory_budget)  # (N, U)
         ig[:, active] = h_now - h_after[:, inverse]
-    return EIG((weights[:, None] * ig).sum(0), ig)
+    eig = check_finite((weights[:, None] * ig).sum(0), "the EIG map is not finite")
+    return EIG(eig, ig)
 
 
 def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +303,10 @@ def map_predictions(
     for start in range(0, u * n, chunk):
         idx = torch.arange(start, min(start + chunk, u * n), device=images.device)
         m = masks[idx // n]
-        out[idx] = reduce(classifier.predict(images[idx % n] * m, m)).double()
+        probs = check_finite(
+            classifier.predict(images[idx % n] * m, m), "the classifier returned non-finite probabilities"
+        )
+        out[idx] = reduce(probs).double()
     return out.reshape(u, n).T
 
 

@@ -15,6 +15,12 @@
   is confidently wrong on some view (on the shipped phantom checkpoint: a few healthy images get
   p(Any) > 0.9 on single normal-lung views) it finds exactly that view.
 
+Policies declare what they need: ``needs_eig`` (the session estimates the EIG map first) and
+``needs_truth`` (the session hands over the hidden image and labels, :class:`Truth`). Only the
+two oracles declare ``needs_truth``; every other policy gets a :class:`DecisionState` whose
+``image`` and ``labels`` raise :class:`~boed.errors.BoedError` when read, so a usable policy
+cannot peek at what the scanner has not revealed.
+
 The full-image reference (the classifier on the whole image) is not a policy: ``boed.simulate``
 records it as the session policy :data:`FULL_IMAGE` with a single step.
 
@@ -38,6 +44,19 @@ if TYPE_CHECKING:
 FULL_IMAGE = "full-image"
 
 
+@dataclass(frozen=True)
+class Truth:
+    """What the scanner hides, handed only to policies that declare ``needs_truth``.
+
+    Attributes:
+        image: the hidden image ``(1, 1, H, W)``.
+        labels: its true labels ``(L,)`` in the classifier's order (NaN = unknown), or None.
+    """
+
+    image: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
 @dataclass
 class DecisionState:
     """What a policy may look at when choosing scan ``step`` (1-based).
@@ -49,9 +68,9 @@ class DecisionState:
         scanned: indices already scanned.
         generator: the session's random generator.
         eig: ``(K,)`` EIG map when the policy ``needs_eig``, else None.
-        image: the hidden image ``(1, 1, H, W)``: only the oracles may look at it.
-        labels: the true labels ``(L,)`` (NaN = unknown): only ``oracle`` looks at them.
-        classifier, target: for policies that query the classifier (the oracle).
+        truth: the hidden image and labels when the policy ``needs_truth``, else None; read them
+            through :attr:`image` and :attr:`labels`, which refuse when they were not given.
+        classifier, target: for policies that query the classifier (the oracles).
     """
 
     step: int
@@ -61,11 +80,28 @@ class DecisionState:
     scanned: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     eig: torch.Tensor | None = None
-    image: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
+    truth: Truth | None = None
     classifier: Classifier | None = None
     target: Target | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+    def _truth(self, what: str) -> Truth:
+        if self.truth is None:
+            raise BoedError(f"the {what} is hidden: only a policy that declares needs_truth receives it")
+        return self.truth
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The hidden image ``(1, 1, H, W)`` (policies with ``needs_truth`` only)."""
+        return self._truth("hidden image").image
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The true labels ``(L,)``, NaN = unknown (policies with ``needs_truth`` only)."""
+        labels = self._truth("true labels").labels
+        if labels is None:
+            raise BoedError("the true labels were not given to the session")
+        return labels
 
     def new_pixels(self) -> torch.Tensor:
         """``(K,)`` number of pixels each candidate would reveal that are not seen yet."""
@@ -83,6 +119,7 @@ class BoedPolicy:
 
     name = "boed"
     needs_eig = True
+    needs_truth = False
 
     def choose(self, state: DecisionState) -> int:
         if state.eig is None:
@@ -96,6 +133,7 @@ class RandomPolicy:
 
     name = "random"
     needs_eig = False
+    needs_truth = False
 
     def choose(self, state: DecisionState) -> int:
         choices = state.revealing().nonzero().squeeze(1).cpu()
@@ -109,6 +147,7 @@ class RasterPolicy:
 
     name = "raster"
     needs_eig = False
+    needs_truth = False
 
     def choose(self, state: DecisionState) -> int:
         new = state.new_pixels()
@@ -124,10 +163,11 @@ class EntropyOraclePolicy:
 
     name = "oracle-entropy"
     needs_eig = False
+    needs_truth = True
 
     def choose(self, state: DecisionState) -> int:
-        if state.image is None or state.classifier is None or state.target is None:
-            raise BoedError("the oracle-entropy policy needs the hidden image, the classifier and the target")
+        if state.classifier is None or state.target is None:
+            raise BoedError("the oracle-entropy policy needs the classifier and the target")
         active = state.revealing().nonzero().squeeze(1).to(state.mask.device)
         masks = torch.maximum(state.mask, state.candidates.masks.to(state.mask)[active])
         entropy = entropies_after(state.classifier, state.image, masks, state.target, state.memory_budget)[0]
@@ -139,15 +179,22 @@ class OraclePolicy:
 
     name = "oracle"
     needs_eig = False
+    needs_truth = True
 
     def choose(self, state: DecisionState) -> int:
-        if state.image is None or state.labels is None or state.classifier is None or state.target is None:
+        if state.classifier is None or state.target is None:
+            raise BoedError("the oracle policy needs the classifier and the target")
+        target, truth = state.target, state.labels
+        known = truth.reshape(-1)[list(target.indices)]
+        if bool(torch.isnan(known).any()):
+            # with unknown labels every candidate scores 0 and the argmin is candidate 0: a raster
+            # scan reported as an upper bound; refuse instead
             raise BoedError(
-                "the oracle policy needs the hidden image and labels, the classifier and the target"
+                f"the oracle policy needs the true {target.title} label(s), "
+                f"unknown (NaN) for this image; leave the oracle out or use labelled images"
             )
         active = state.revealing().nonzero().squeeze(1).to(state.mask.device)
         masks = torch.maximum(state.mask, state.candidates.masks.to(state.mask)[active])
-        target, truth = state.target, state.labels
         loss = map_predictions(
             state.classifier,
             state.image,

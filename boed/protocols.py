@@ -64,11 +64,14 @@ class Policy(Protocol):
     """Chooses the next scan location from the state of a session (see ``boed.policies``).
 
     ``needs_eig``: whether the session must estimate the EIG map (Eq. 17) before ``choose``;
+    ``needs_truth``: whether the policy may read the hidden image and labels (the oracles only:
+    an upper bound, not a usable policy); every other policy gets a state without them.
     ``state`` is a ``boed.policies.DecisionState``.
     """
 
     name: str
     needs_eig: bool
+    needs_truth: bool
 
     def choose(self, state: Any) -> int:
         """Return the index of the chosen candidate location (into the candidate grid)."""

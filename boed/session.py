@@ -10,21 +10,33 @@ The loop of docs/ARCHITECTURE.md (and §5 of 001_acb47c175b470c6b.txt)::
 Each step is handed to ``on_step`` (the simulation writes it to the store) as a
 :class:`StepRecord`; ``on_array`` receives the arrays of a Fig. 6-style visualisation when
 ``figure_completions > 0``.
+
+Only a policy that declares ``needs_truth`` (the oracles) is handed the hidden image and labels.
+Every model output is checked: non-finite probabilities, completions or EIG values fail the
+session with a :class:`~boed.errors.BoedError` naming the step, instead of being logged as a
+result (a NaN EIG map would otherwise pick candidate 0 and the session end ``done``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-from boed.eig import DEFAULT_MEMORY_BUDGET, expected_information_gain, resolve_target, target_entropy
+from boed.eig import (
+    DEFAULT_MEMORY_BUDGET,
+    check_finite,
+    expected_information_gain,
+    resolve_target,
+    target_entropy,
+)
 from boed.errors import BoedError
-from boed.policies import DecisionState, StoppingRule
+from boed.policies import DecisionState, StoppingRule, Truth
 from boed.scanner import CandidateGrid, Scanner
 
 if TYPE_CHECKING:
@@ -89,6 +101,21 @@ def prior_decision(
     return PriorDecision(completions, eig, ig)
 
 
+@contextmanager
+def at_step(step: int) -> Iterator[None]:
+    """Prefix a :class:`BoedError` raised inside with ``step N:`` (which decision failed)."""
+    try:
+        yield
+    except BoedError as exc:
+        raise BoedError(f"step {step}: {exc}") from exc
+
+
+def predict_checked(classifier: Classifier, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``classifier.predict`` ``(B, L)``, refusing non-finite probabilities (BoedError)."""
+    probs = classifier.predict(observed, mask)
+    return check_finite(probs, "the classifier returned non-finite probabilities")
+
+
 def _eig_map(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:
     values = eig.double().cpu()
     grid = candidates.as_map(values) if candidates.grid else values[None]
@@ -117,7 +144,8 @@ def run_session(
     """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
 
     Args:
-        labels: the true labels ``(L,)`` (only the ``oracle`` policy looks at them).
+        labels: the true labels ``(L,)`` (handed, with ``image``, only to a policy that declares
+            ``needs_truth``: the oracles).
         classifier: ``g`` on partial views.
         policy: chooses each scan (``policy.needs_eig``: the EIG map is estimated first).
         candidates: the candidate grid (its image size must match ``image``).
@@ -139,6 +167,8 @@ def run_session(
     if policy.needs_eig and sampler is None:
         raise BoedError(f"policy {policy.name!r} needs a sampler")
     tgt = resolve_target(target, list(classifier.labels))
+    check_finite(image, "the image has non-finite pixels")
+    truth = Truth(image, labels) if getattr(policy, "needs_truth", False) else None
     stopping = stopping or StoppingRule()
     scanner = Scanner(image, candidates)
     result = SessionResult()
@@ -149,7 +179,8 @@ def run_session(
             on_step(record)
 
     t0 = time.perf_counter()
-    probs = classifier.predict(scanner.observed, scanner.mask)  # (1, L)
+    with at_step(0):
+        probs = predict_checked(classifier, scanner.observed, scanner.mask)  # (1, L)
     emit(StepRecord(0, None, None, None, None, probs[0].tolist(), time.perf_counter() - t0))
 
     for step in range(1, scans + 1):
@@ -165,33 +196,33 @@ def run_session(
             candidates=candidates,
             scanned=list(scanner.scanned),
             generator=generator,
-            image=image,
-            labels=labels,
+            truth=truth,
             classifier=classifier,
             target=tgt,
             memory_budget=memory_budget,
         )
         ig = completions = None
-        if policy.needs_eig and prior_decision is not None and not bool(mask.any()):
-            completions, state.eig, ig = prior_decision
-        elif policy.needs_eig:
-            completions = sampler.sample(observed, mask, n_samples, generator=generator)
-            state.eig, ig = expected_information_gain(
-                classifier,
-                observed,
-                mask,
-                completions,
-                candidates,
-                tgt,
-                memory_budget=memory_budget,
-                current_probs=probs,
-            )
+        with at_step(step):
+            if policy.needs_eig and prior_decision is not None and not bool(mask.any()):
+                completions, state.eig, ig = prior_decision
+            elif policy.needs_eig:
+                completions = sampler.sample(observed, mask, n_samples, generator=generator)
+                state.eig, ig = expected_information_gain(
+                    classifier,
+                    observed,
+                    mask,
+                    completions,
+                    candidates,
+                    tgt,
+                    memory_budget=memory_budget,
+                    current_probs=probs,
+                )
             if stopping.stop_on_eig(state.eig):
                 result.stopped_early = True
                 break
-        choice = policy.choose(state)
-        scanner.scan(choice)
-        probs = classifier.predict(scanner.observed, scanner.mask)
+            choice = policy.choose(state)
+            scanner.scan(choice)
+            probs = predict_checked(classifier, scanner.observed, scanner.mask)
         eig_value = float(state.eig[choice]) if state.eig is not None else None
         eig_map = _eig_map(state.eig, candidates) if state.eig is not None else None
         seconds = time.perf_counter() - t0

@@ -27,7 +27,7 @@ from boed.eig import DEFAULT_MEMORY_BUDGET, resolve_target
 from boed.errors import BoedError
 from boed.policies import FULL_IMAGE, StoppingRule, get_policy, parse_policies
 from boed.scanner import CandidateGrid
-from boed.session import PriorDecision, prior_decision, run_session
+from boed.session import PriorDecision, predict_checked, prior_decision, run_session
 
 if TYPE_CHECKING:
     from boed.protocols import Classifier, Sampler
@@ -319,7 +319,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
     try:
         if policy == FULL_IMAGE:
             t0 = time.perf_counter()
-            probs = classifier.predict(image, torch.ones_like(image))
+            probs = predict_checked(classifier, image, torch.ones_like(image))
             store.log_step(
                 session_id,
                 step=0,

@@ -162,4 +162,4 @@ def test_shape_errors():
         expected_information_gain(clf, observed, mask, torch.zeros(3, 1, 4, 4), grid)
     with pytest.raises(BoedError, match="one image"):
         expected_information_gain(clf, observed.repeat(2, 1, 1, 1), mask, torch.zeros(3, 1, 8, 8), grid)
-    assert isinstance(expected_information_gain(clf, observed, mask, torch.zeros(3, 1, 8, 8), grid), EIG)
+    assert isinstance(expected_information_gain(clf, observed, mask, world.images[:3], grid), EIG)

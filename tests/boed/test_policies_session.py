@@ -11,6 +11,7 @@ from boed.policies import (
     POLICIES,
     DecisionState,
     StoppingRule,
+    Truth,
     get_policy,
     parse_policies,
 )
@@ -90,7 +91,7 @@ def test_entropy_oracle_minimises_entropy_on_true_image(world, grid):
 
     clf = BayesClassifier(world)
     tgt = resolve_target("any", world.labels)
-    state = _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1])
+    state = _state(world, grid, classifier=clf, target=tgt, truth=Truth(world.images[0:1]))
     choice = get_policy("oracle-entropy").choose(state)
     ent = [float(target_entropy(clf.predict(world.images[0:1] * m, m), tgt)[0]) for m in grid.masks[:, None]]
     assert ent[choice] == pytest.approx(min(ent))
@@ -341,7 +342,7 @@ def test_oracle_maximises_probability_of_the_truth(world, grid):
     clf = BayesClassifier(world)
     tgt = resolve_target("any", world.labels)
     truth = world.state_labels[0].float()
-    state = _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1], labels=truth)
+    state = _state(world, grid, classifier=clf, target=tgt, truth=Truth(world.images[0:1], truth))
     choice = get_policy("oracle").choose(state)
     p_true = []
     for m in grid.masks[:, None]:
@@ -350,5 +351,147 @@ def test_oracle_maximises_probability_of_the_truth(world, grid):
     assert p_true[choice] == pytest.approx(max(p_true))
     with pytest.raises(BoedError, match="labels"):
         get_policy("oracle").choose(
-            _state(world, grid, classifier=clf, target=tgt, image=world.images[0:1])
+            _state(world, grid, classifier=clf, target=tgt, truth=Truth(world.images[0:1]))
         )
+
+
+class _Spy:
+    """Wraps a policy and keeps every DecisionState it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.states = inner, []
+        self.name, self.needs_eig = inner.name, inner.needs_eig
+        self.needs_truth = inner.needs_truth
+
+    def choose(self, state):
+        self.states.append(state)
+        return self.inner.choose(state)
+
+
+def test_only_the_oracles_receive_the_truth(world, monkeypatch):
+    import boed.simulate as sim
+
+    spies = {}
+
+    def spy_policy(name):
+        return spies.setdefault(name, _Spy(get_policy(name)))
+
+    monkeypatch.setattr(sim, "get_policy", spy_policy)
+    ds = ToyDataset(world, n=2)
+    store = FakeStore()
+    run_simulation(
+        store,
+        ds,
+        PosteriorSampler(world),
+        BayesClassifier(world),
+        _config(n_images=2, policies=tuple(POLICIES)),
+    )
+    assert all(s["status"] == "done" for s in store.sessions.values())
+    for name, spy in spies.items():
+        assert len(spy.states) == 2 * 2, name  # 2 images x 2 scans
+        for state in spy.states:
+            if name in ("oracle", "oracle-entropy"):
+                assert state.truth is not None
+                assert any(torch.equal(state.image[0], ds[i]["img"]) for i in range(2))
+                assert state.labels.shape == (len(world.labels),)
+            else:
+                assert state.truth is None, name
+                with pytest.raises(BoedError, match="hidden"):
+                    _ = state.image
+                with pytest.raises(BoedError, match="hidden"):
+                    _ = state.labels
+    assert {p.name for p in map(get_policy, POLICIES) if p.needs_truth} == {"oracle", "oracle-entropy"}
+
+
+def test_oracle_with_unknown_labels_refuses(world, grid):
+    from boed.eig import resolve_target
+
+    clf = BayesClassifier(world)
+    tgt = resolve_target("any", world.labels)
+    unknown = torch.full((len(world.labels),), math.nan)
+    with pytest.raises(BoedError, match="unknown"):
+        get_policy("oracle").choose(
+            _state(world, grid, classifier=clf, target=tgt, truth=Truth(world.images[0:1], unknown))
+        )
+
+    class Unlabelled(ToyDataset):
+        def __getitem__(self, i):
+            return super().__getitem__(i) | {"lab": torch.full((len(world.labels),), math.nan)}
+
+    store = FakeStore()
+    run_simulation(store, Unlabelled(world, n=2), PosteriorSampler(world), clf, _config(n_images=2))
+    by_policy = {}
+    for s in store.sessions.values():
+        by_policy.setdefault(s["policy"], []).append(s)
+    assert all(s["status"] == "failed" and "oracle policy needs the true Any label" in s["error"]
+               for s in by_policy["oracle"])  # fmt: skip
+    assert all(s["status"] == "done" for p in ("boed", "random", FULL_IMAGE) for s in by_policy[p])
+
+
+def test_nan_classifier_fails_the_session_naming_the_step(world, grid):
+    from tests.boed.toys import NaNClassifier
+
+    image = world.images[1:2]
+    # NaN only once two patches are seen: steps 0 and 1 are fine, step 2's prediction is not
+    clf = NaNClassifier(world, from_pixels=2 * world.patch**2)
+    logged = []
+    with pytest.raises(
+        BoedError, match=r"step 2: the classifier returned non-finite probabilities: \d+ of 15 values are NaN"
+    ):
+        run_session(
+            image,
+            classifier=clf,
+            policy=get_policy("raster"),
+            candidates=grid,
+            scans=3,
+            on_step=logged.append,
+        )
+    assert [r.step for r in logged] == [0, 1] and all(math.isfinite(p) for r in logged for p in r.probs)
+    # the EIG of step 2 asks about views with two patches: it fails there, before any choice
+    with pytest.raises(BoedError, match="step 2: the classifier returned non-finite"):
+        run_session(image, classifier=clf, policy=get_policy("boed"), candidates=grid, scans=3,
+                    sampler=PosteriorSampler(world), n_samples=4)  # fmt: skip
+    with pytest.raises(BoedError, match="step 0: the classifier returned non-finite"):
+        run_session(
+            image, classifier=NaNClassifier(world), policy=get_policy("random"), candidates=grid, scans=1
+        )
+
+
+def test_nan_sampler_and_nan_image_fail_the_session(world, grid):
+    from tests.boed.toys import NaNSampler
+
+    image = world.images[1:2]
+    with pytest.raises(BoedError, match="step 1: the sampler returned non-finite completions"):
+        run_session(image, classifier=BayesClassifier(world), policy=get_policy("boed"), candidates=grid,
+                    scans=2, sampler=NaNSampler(world), n_samples=4)  # fmt: skip
+    bad = image.clone()
+    bad[0, 0, 0, 0] = math.nan
+    with pytest.raises(BoedError, match="image has non-finite pixels"):
+        run_session(
+            bad, classifier=BayesClassifier(world), policy=get_policy("random"), candidates=grid, scans=1
+        )
+
+
+def test_non_finite_models_fail_sessions_in_a_run_and_are_counted(world):
+    from tests.boed.toys import NaNClassifier, NaNSampler
+
+    # a checkpoint with a NaN weight: every session fails, none is recorded as done, none has steps
+    store = FakeStore()
+    run_id = run_simulation(
+        store, ToyDataset(world, n=2), PosteriorSampler(world), NaNClassifier(world), _config(n_images=2)
+    )
+    sessions = list(store.sessions.values())
+    assert len(sessions) == 2 * 4 and all(s["status"] == "failed" for s in sessions)
+    assert all("non-finite probabilities" in s["error"] for s in sessions)
+    assert int(store.runs[run_id]["timings"]["failed_sessions"]) == 8
+    # a sampler returning NaN: the boed sessions fail, the others are unaffected
+    store = FakeStore()
+    run_id = run_simulation(
+        store, ToyDataset(world, n=2), NaNSampler(world), BayesClassifier(world), _config(n_images=2)
+    )
+    status = {(s["image_index"], s["policy"]): s for s in store.sessions.values()}
+    assert all(status[(i, "boed")]["status"] == "failed" for i in range(2))
+    assert "non-finite completions" in status[(0, "boed")]["error"]
+    assert all(status[(i, p)]["status"] == "done" for i in range(2) for p in ("random", "oracle", FULL_IMAGE))
+    assert int(store.runs[run_id]["timings"]["failed_sessions"]) == 2
+    assert not any(r["eig"] is not None and not math.isfinite(r["eig"]) for r in store.steps)

@@ -126,6 +126,30 @@ def exact_mutual_information(world, observed, mask, candidate_masks, label_indic
     return torch.tensor(out, dtype=torch.float64)
 
 
+class NaNClassifier(BayesClassifier):
+    """A Bayes classifier broken like a checkpoint with a NaN weight: NaN probabilities for every
+    row whose mask covers at least ``from_pixels`` pixels (0: always)."""
+
+    def __init__(self, world: ToyWorld, from_pixels: int = 0):
+        super().__init__(world, name="nan")
+        self.from_pixels = from_pixels
+
+    def predict(self, observed, mask):
+        out = super().predict(observed, mask)
+        broken = mask.flatten(1).sum(1) >= self.from_pixels
+        return out.masked_fill(broken[:, None], math.nan)
+
+
+class NaNSampler(PosteriorSampler):
+    """Exact posterior completions with NaN in every unobserved pixel."""
+
+    name = "nan"
+
+    def sample(self, observed, mask, n, generator=None):
+        comps = super().sample(observed, mask, n, generator)
+        return Completions(comps.images.masked_fill(mask[None] < 0.5, math.nan), comps.log_weights)
+
+
 class ToyDataset(torch.utils.data.Dataset):
     """Images drawn from the world's prior (seeded); items like datasets' ImageDataset."""
 
