@@ -24,10 +24,23 @@ from datasets.labels import ANY, FINDINGS, LABELS
 if TYPE_CHECKING:
     from datasets.base import ImageDataset
 
-__all__ = ["ANY", "DATA_ROOT_ENV", "FINDINGS", "IMAGE_SOURCES", "LABELS", "open_dataset"]
+__all__ = [
+    "ANY",
+    "DATA_ROOT_ENV",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_SPLIT_SEED",
+    "FINDINGS",
+    "IMAGE_SOURCES",
+    "LABELS",
+    "open_dataset",
+]
 
 IMAGE_SOURCES = ("chestxray", "phantoms", "nih", "dicom", "folder")
 DATA_ROOT_ENV = "BOED_DATA_ROOT"
+DEFAULT_SPLIT_SEED = 0
+"""The split seed of file sources unless one is given: a constant, never the run's seed."""
+DEFAULT_MAX_PIXELS = 8192 * 8192
+"""Largest image a loader decodes (declared pixels, all frames and samples): about 67 Mpx."""
 
 
 def open_dataset(
@@ -38,6 +51,7 @@ def open_dataset(
     n: int | None = None,
     data_root: str | os.PathLike | None = None,
     seed: int = 0,
+    split_seed: int = DEFAULT_SPLIT_SEED,
     skip_bad: bool = False,
     prevalence: float = 0.5,
 ) -> ImageDataset:
@@ -49,7 +63,11 @@ def open_dataset(
         size: side of the square images returned (file images are centre-cropped and resized).
         n: number of images (phantoms: default 2,000/500/500; files: a seeded subset, default all).
         data_root: folder of a file source; for "chestxray" and "nih" also ``$BOED_DATA_ROOT``.
-        seed: phantom seed; seed of the subset and of splits made without official lists.
+        seed: the run's seed: which phantoms; which ``n``-image subset of a file split. It never
+            moves images between train, val and test.
+        split_seed: file sources: seed of the train/val/test split (default
+            :data:`~datasets.base.DEFAULT_SPLIT_SEED`, a constant; NIH with official lists: only the
+            val part). Phantoms have none: each ``(seed, split)`` is its own generator stream.
         skip_bad: skip (and list in ``ds.skipped``) bad files and label rows instead of raising.
         prevalence: phantoms only: fraction of images with at least one finding.
 
@@ -73,11 +91,17 @@ def open_dataset(
     if images == "nih":
         from datasets.nih import NIHDataset
 
-        return NIHDataset(data_root, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
+        return NIHDataset(
+            data_root, split=split, size=size, n=n, seed=seed, split_seed=split_seed, skip_bad=skip_bad
+        )
     if images == "dicom":
         from datasets.dicom import DicomDataset
 
-        return DicomDataset(data_root, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
+        return DicomDataset(
+            data_root, split=split, size=size, n=n, seed=seed, split_seed=split_seed, skip_bad=skip_bad
+        )
     from datasets.folder import FolderDataset
 
-    return FolderDataset(data_root, split=split, size=size, n=n, seed=seed, skip_bad=skip_bad)
+    return FolderDataset(
+        data_root, split=split, size=size, n=n, seed=seed, split_seed=split_seed, skip_bad=skip_bad
+    )

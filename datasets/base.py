@@ -5,12 +5,23 @@ An :class:`ImageDataset` is a map-style ``torch.utils.data.Dataset``: ``ds[i]`` 
 ``ds.labels`` names the ``L`` label columns, ``ds.ids`` the images, ``ds.describe()`` is a
 JSON-able description for checkpoints and runs, ``ds.tensors()`` loads everything into memory and
 ``ds.skipped`` lists ``(file, reason)`` pairs of inputs left out with ``skip_bad=True``.
+
+Every ``describe()`` holds at least :data:`DESCRIBE_KEYS`: ``source`` ("phantoms", "nih", "dicom",
+"folder"), ``fingerprint`` (a sha256 hex digest of what identifies the collection, see
+:func:`files_fingerprint` and :func:`phantom_fingerprint`), ``split``, ``split_seed``, ``labels``,
+``size`` and ``n``; :mod:`datasets.provenance` compares two of them.
+
+Splits: file sources split with :func:`seeded_split` under a *split seed* that is a constant by
+default (:data:`DEFAULT_SPLIT_SEED`) and separate from the run's ``seed`` (which only chooses the
+``n``-image subset of a split), so the test split is the same whatever seed a run uses.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets import DEFAULT_MAX_PIXELS, DEFAULT_SPLIT_SEED  # noqa: F401  (re-exported)
 from datasets.errors import DatasetError
 
 log = logging.getLogger("datasets")
 
 SPLITS = ("train", "val", "test", "all")
+DESCRIBE_KEYS = ("source", "fingerprint", "split", "split_seed", "labels", "size", "n")
 
 
 class ImageDataset(torch.utils.data.Dataset, abc.ABC):
@@ -43,9 +56,13 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
-        i = i % len(self)
+        idx, img, lab = self._item(i % len(self))
+        return {"idx": idx, "img": img, "lab": lab}
+
+    def _item(self, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """``(id, image, labels)`` of item ``i`` (file sources may substitute a bad item)."""
         img, lab = self._load(i)
-        return {"idx": self.ids[i], "img": img, "lab": lab}
+        return self.ids[i], img, lab
 
     @abc.abstractmethod
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +121,32 @@ def seeded_split(keys: Sequence[str], split: str, seed: int, fractions=(0.7, 0.1
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(order))}
     lo, hi = bounds[split]
     return set(order[lo:hi])
+
+
+def files_fingerprint(root: Path, files: Sequence[Path], extra: Sequence[Path | None] = ()) -> str:
+    """sha256 hex of a file collection: sorted relative paths with their sizes, then the bytes of
+    the ``extra`` files (the labels CSV, split lists). Cheap: one ``stat`` per file, no decoding;
+    independent of where the root lies on disk."""
+    h = hashlib.sha256(b"boed-files-v1\n")
+    entries = []
+    for p in files:
+        try:
+            size = os.stat(p).st_size
+        except OSError:
+            size = -1
+        entries.append((relpath(p, root).replace(os.sep, "/"), size))
+    for rel, size in sorted(entries):
+        h.update(f"{rel}\0{size}\n".encode())
+    for p in extra:
+        if p is not None and Path(p).is_file():
+            h.update(b"\0extra\0" + Path(p).name.encode() + b"\0")
+            h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def phantom_fingerprint(generator: str, seed: int) -> str:
+    """sha256 hex of a phantom collection: the generator's version and the base seed."""
+    return hashlib.sha256(f"boed-phantoms-v1\n{generator}\n{int(seed)}".encode()).hexdigest()
 
 
 def subsample(items: list, n: int | None, seed: int) -> list:

@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.base import ImageDataset, check_split, log, relpath, seeded_split, subsample, to_square
+from datasets.base import (
+    DEFAULT_SPLIT_SEED,
+    ImageDataset,
+    check_split,
+    files_fingerprint,
+    log,
+    relpath,
+    seeded_split,
+    subsample,
+    to_square,
+)
 from datasets.errors import DatasetError
 from datasets.labels import LABELS
 from datasets.tables import LabelTable, read_labels_csv
@@ -92,6 +102,7 @@ class FileDataset(ImageDataset):
         size: int = 64,
         n: int | None = None,
         seed: int = 0,
+        split_seed: int = DEFAULT_SPLIT_SEED,
         skip_bad: bool = False,
         labels_csv: str | os.PathLike | None = None,
         validate: bool | None = None,
@@ -100,6 +111,7 @@ class FileDataset(ImageDataset):
         if not self.root.is_dir():
             raise DatasetError("data root not found or not a folder", self.root)
         self.split, self.size, self.n, self.seed = check_split(split), int(size), n, int(seed)
+        self.split_seed = int(split_seed)
         if self.size < 1:
             raise DatasetError(f"size must be >= 1, got {size}")
         self.skip_bad = skip_bad
@@ -107,6 +119,7 @@ class FileDataset(ImageDataset):
         files = self.discover()
         table = self.read_table(labels_csv)
         self.csv_path = table.path if table is not None else None
+        self.fingerprint = files_fingerprint(self.root, files, [self.csv_path, *self.split_files()])
         keys, paths, values, patients = self._match(files, table)
         chosen = self.choose(keys, patients)
         rows = [i for i, k in enumerate(keys) if k in chosen]
@@ -150,6 +163,10 @@ class FileDataset(ImageDataset):
         self.skipped.extend(table.skipped)
         return table
 
+    def split_files(self) -> list[Path]:
+        """Files besides the images and the CSV that decide the split (part of the fingerprint)."""
+        return []
+
     def check_file(self, path: Path) -> None:
         check_image_file(path)
 
@@ -157,11 +174,12 @@ class FileDataset(ImageDataset):
         return read_image_file(path)
 
     def choose(self, keys: list[str], patients: list[str] | None) -> set[str]:
-        """The keys in this split: seeded, by patient when patients are known."""
+        """The keys in this split: seeded by the split seed (not the run seed), by patient when
+        patients are known."""
         if self.split == "all":
             return set(keys)
         groups = patients if patients is not None else keys
-        chosen_groups = seeded_split(groups, self.split, self.seed, self.fractions)
+        chosen_groups = seeded_split(groups, self.split, self.split_seed, self.fractions)
         return {k for k, g in zip(keys, groups, strict=True) if g in chosen_groups}
 
     # -- matching files and rows ------------------------------------------------------------------
@@ -229,14 +247,16 @@ class FileDataset(ImageDataset):
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "data_root": str(self.root),
-            "labels_csv": None if self.csv_path is None else str(self.csv_path),
+            "fingerprint": self.fingerprint,
             "split": self.split,
+            "split_seed": self.split_seed,
+            "labels": list(self.labels),
             "size": self.size,
             "n": len(self.ids),
             "seed": self.seed,
+            "data_root": str(self.root),
+            "labels_csv": None if self.csv_path is None else str(self.csv_path),
             "skipped": len(self.skipped),
-            "labels": list(self.labels),
         }
 
 
@@ -246,7 +266,8 @@ class FolderDataset(FileDataset):
     The CSV is ``labels_csv``, else ``labels.csv``/``Data_Entry_2017*.csv`` in the root, else the
     root's only ``*.csv``. With a ``Finding Labels`` column the labels are the ChestX-ray14 schema;
     otherwise every non-metadata column is a label (0, 1, empty = unknown). Splits are seeded
-    70/10/20 by patient (a ``Patient ID`` column) or by image.
+    70/10/20 by patient (a ``Patient ID`` column) or by image, under ``split_seed`` (a constant by
+    default); ``seed`` only picks the ``n``-image subset.
     """
 
     source = "folder"

@@ -3,8 +3,9 @@
 Layout accepted under the data root: ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv``
 (``Patient Gender`` or ``Patient Sex``), images ``NNNNNNNN_NNN.png`` in the root, in ``images/``,
 in ``images_0XX/`` or in ``images_0XX/images/``. The official ``train_val_list.txt`` /
-``test_list.txt`` give the test split when present (val = a seeded 10% of the train/val patients);
-otherwise the split is a seeded 70/10/20 split by patient. Images are 8-bit PNGs (a few RGBA),
+``test_list.txt`` give the test split when present (val = a 10% of the train/val patients drawn
+with the split seed); otherwise the split is a 70/10/20 split by patient under the split seed
+(``split_seed``, a constant by default, never the run's ``seed``). Images are 8-bit PNGs (a few RGBA),
 read as grey levels / 255 and resized to ``size``. When ``BBox_List_2017.csv`` is present,
 ``ds.findings(i)`` gives its boxes in pixels of the resized image (``boed data preview`` draws them).
 """
@@ -61,20 +62,27 @@ class NIHDataset(FileDataset):
         self.skipped.extend(table.skipped)
         return table
 
+    def split_files(self) -> list[Path]:
+        lists = [self.root / "train_val_list.txt", self.root / "test_list.txt"]
+        return lists if all(p.is_file() for p in lists) else []
+
     def choose(self, keys: list[str], patients: list[str] | None) -> set[str]:
         if self.split == "all":
             return set(keys)
         test_list, train_list = self.root / "test_list.txt", self.root / "train_val_list.txt"
-        if not (test_list.is_file() and train_list.is_file()):
+        if not self.split_files():
             return super().choose(keys, patients)
         test = set(test_list.read_text().split())
         if self.split == "test":
             return {k for k in keys if k in test}
         train_val = set(train_list.read_text().split())
         pairs = [(k, p) for k, p in zip(keys, patients, strict=True) if k in train_val]
-        val_patients = seeded_split([p for _, p in pairs], "train", self.seed, (0.1, 0.0, 0.9))
+        val_patients = seeded_split([p for _, p in pairs], "train", self.split_seed, (0.1, 0.0, 0.9))
         want_val = self.split == "val"
         return {k for k, p in pairs if (p in val_patients) == want_val}
+
+    def describe(self) -> dict:
+        return super().describe() | {"split_lists": bool(self.split_files())}
 
     # -- bounding boxes (BBox_List_2017.csv: about 1,000 boxes for 880 images in the real data) -----
     def findings(self, i: int) -> list:

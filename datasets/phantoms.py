@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.base import SPLITS, ImageDataset, check_split
+from datasets.base import SPLITS, ImageDataset, check_split, phantom_fingerprint
 from datasets.errors import DatasetError
 from datasets.labels import FINDINGS, LABELS
 
@@ -160,9 +160,18 @@ def _single_thread(size: int):
 class PhantomDataset(ImageDataset):
     """Phantoms as an :class:`~datasets.base.ImageDataset`; images are generated lazily by block.
 
-    Splits use disjoint seeds (derived from ``(seed, split)``), so val and test are held out.
+    Splits and provenance: every ``(seed, split)`` pair is its own generator stream (a 63-bit seed
+    derived from both), so no two pairs share an image: val and test are held out from train under
+    the same seed *and* under any other seed (the test split of seed 1 is not the train split of
+    seed 0). The run's ``seed`` picks which phantoms; there is no split seed (``describe()`` says
+    ``split_seed: None``; open_dataset's ``split_seed`` does not apply). Image ``i`` of a stream is
+    the same for any ``n``, so a checkpoint trained on ``n`` phantoms of a split has seen the first
+    ``n`` of any larger set of that split and seed: the fingerprint is the generator version plus
+    the seed, and :func:`datasets.provenance.training_overlap` compares it with the split.
     Nothing is cached on disk; up to ``cache_blocks`` blocks stay in memory.
     """
+
+    GENERATOR = "datasets.phantoms v1"
 
     DEFAULT_N = {"train": 2000, "val": 500, "test": 500, "all": 3000}
 
@@ -188,7 +197,7 @@ class PhantomDataset(ImageDataset):
             raise DatasetError(f"n must be >= 0, got {n}")
         # disjoint seeds per split: a 63-bit seed from (seed, split)
         state = np.random.SeedSequence([self.seed & 0xFFFFFFFF, SPLITS.index(split), 0x5E1D])
-        self.split_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+        self.stream_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
         self.labels = LABELS
         self.ids = [f"phantom-{split}-{i:06d}" for i in range(self.n)]
         self.skipped = []
@@ -201,7 +210,7 @@ class PhantomDataset(ImageDataset):
             if len(self._cache) >= self._cache_blocks:
                 self._cache.pop(next(iter(self._cache)))
             m = min(BLOCK, self.n - b * BLOCK)
-            self._cache[b] = phantom_block(b, self.size, self.split_seed, self.prevalence, m)
+            self._cache[b] = phantom_block(b, self.size, self.stream_seed, self.prevalence, m)
         return self._cache[b]
 
     def _load(self, i: int):
@@ -228,7 +237,7 @@ class PhantomDataset(ImageDataset):
         """All images and labels; kept in memory (as copies) when at most 64 M pixels."""
         cached = getattr(self, "_all", None)
         if cached is None:
-            batch = generate_phantoms(self.n, self.size, self.split_seed, self.prevalence)
+            batch = generate_phantoms(self.n, self.size, self.stream_seed, self.prevalence)
             cached = (batch.images, batch.labels)
             if self._small():
                 self._all = cached
@@ -239,13 +248,15 @@ class PhantomDataset(ImageDataset):
     def describe(self) -> dict:
         return {
             "source": "phantoms",
+            "fingerprint": phantom_fingerprint(self.GENERATOR, self.seed),
             "split": self.split,
+            "split_seed": None,
+            "labels": list(self.labels),
             "size": self.size,
             "n": self.n,
             "seed": self.seed,
             "prevalence": self.prevalence,
-            "generator": "datasets.phantoms v1",
-            "labels": list(self.labels),
+            "generator": self.GENERATOR,
         }
 
 
