@@ -1,11 +1,12 @@
 """The AVP-CNN g: a DenseNet that maps a partial observation to label probabilities.
 
-Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models"
-(../shared/papers/001_acb47c175b470c6b.txt), §5 and appendix B.4: g is a DenseNet-121 (Huang et
-al. 2017) on masked chest x-rays with 15 sigmoid outputs, the 14 ChestX-ray14 findings and
-"Any", trained with cross-entropy on masks of 0-5 squares of 25% of the image width. The
-network sees the masked image and the mask as two channels, ``cat([x*m, m])``, so "not observed"
-is distinguishable from "observed and dark".
+Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models" (2021),
+§5 and appendix B.4: g is a DenseNet-121 (Huang, Liu, van der Maaten & Weinberger, "Densely
+Connected Convolutional Networks", 2017) on masked chest x-rays with 15 sigmoid outputs, the 14
+ChestX-ray14 findings and "Any" (here: one output per label of the training data), trained with
+cross-entropy on masks of 0-5 squares of 25% of the image width. The network sees the masked
+image and the mask as two channels, ``cat([x*m, m])``, so "not observed" is distinguishable from
+"observed and dark".
 
 Shapes: ``observed``, ``mask`` ``(B, 1, H, W)`` float32 (mask in {0, 1}); logits ``(B, L)``;
 features ``(B, F)`` (the globally pooled activations before the last linear layer).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boed.config import get_preset
+from boed.config import ConfigError, get_preset
 from datasets.labels import LABELS
 
 
@@ -22,7 +22,12 @@ class ClassifierConfig:
         init_features, growth_rate, block_config, bn_size: MONAI ``DenseNet`` arguments;
             DenseNet-121 is ``(64, 32, (6, 12, 24, 16), 4)``.
         dropout: dropout probability inside the dense layers.
-        labels: output order (default: the 14 ChestX-ray14 findings plus ``Any``).
+        labels: output order: the training data's label columns (default: the 14 ChestX-ray14
+            findings plus ``Any``); any non-empty set of distinct names.
+
+    Raises:
+        ConfigError: a size or count below 1, dropout outside [0, 1), or labels empty, repeated or
+            not names (naming the field).
     """
 
     image_size: int = 64
@@ -32,6 +37,31 @@ class ClassifierConfig:
     bn_size: int = 4
     dropout: float = 0.0
     labels: tuple[str, ...] = LABELS
+
+    def __post_init__(self) -> None:
+        # lists (from JSON or an override) become tuples, so the config stays hashable
+        object.__setattr__(self, "block_config", tuple(self.block_config))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        for name in ("image_size", "init_features", "growth_rate", "bn_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"config field {name}: must be at least 1, got {getattr(self, name)}", field=name
+                )
+        if not self.block_config or min(self.block_config) < 1:
+            raise ConfigError(
+                f"config field block_config: needs one or more dense blocks of at least 1 layer, "
+                f"got {self.block_config}",
+                field="block_config",
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"config field dropout: must be in [0, 1), got {self.dropout}", field="dropout")
+        if not self.labels or not all(isinstance(x, str) and x for x in self.labels):
+            raise ConfigError(
+                f"config field labels: needs one or more names, got {self.labels}", field="labels"
+            )
+        repeated = sorted({x for x in self.labels if self.labels.count(x) > 1})
+        if repeated:
+            raise ConfigError(f"config field labels: repeated {', '.join(repeated)}", field="labels")
 
     @property
     def in_channels(self) -> int:
@@ -45,7 +75,7 @@ class ClassifierConfig:
 CLASSIFIER_PRESETS: dict[str, ClassifierConfig] = {
     # Small DenseNet: ~0.1 M parameters; the hot path of the controller (2,890 images per decision).
     "cpu": ClassifierConfig(image_size=64),
-    # DenseNet-121 at 256 px, as in Harvey et al. 2019 / appendix B.4 of 001_acb47c175b470c6b.txt.
+    # DenseNet-121 at 256 px, as in appendix B.4 of Harvey, Naderiparizi & Wood (2021).
     "paper": ClassifierConfig(
         image_size=256, init_features=64, growth_rate=32, block_config=(6, 12, 24, 16), bn_size=4
     ),

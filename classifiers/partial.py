@@ -9,7 +9,7 @@ temperature fitted on validation data.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,15 +155,26 @@ class PartialClassifier:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
+ARCHITECTURE = (
+    "MONAI DenseNet on cat([x*m, m]) (AVP-CNN; Harvey, Naderiparizi & Wood, 'Image Completion via "
+    "Inference in Deep Generative Models', 2021, appendix B.4)"
+)
+
+
 def config_to_dict(config: ClassifierConfig) -> dict[str, Any]:
     return to_dict(config)
 
 
-def config_from_dict(data: dict[str, Any]) -> ClassifierConfig:
+def config_from_dict(data: dict[str, Any], source: str | os.PathLike | None = None) -> ClassifierConfig:
+    """A :class:`ClassifierConfig` from checkpoint JSON; bad fields raise :class:`ClassifierError`.
+
+    The message names ``source`` (the JSON file) when given, and the field, expected type and value.
+    """
     try:
         return from_dict(ClassifierConfig, data)
-    except (ConfigError, TypeError) as exc:
-        raise ClassifierError(f"checkpoint config is not a classifier config: {exc}") from exc
+    except ConfigError as exc:
+        prefix = f"{source}: " if source is not None else "checkpoint config is not a classifier config: "
+        raise ClassifierError(f"{prefix}{exc}") from None
 
 
 def save_classifier(
@@ -176,12 +187,16 @@ def save_classifier(
     training: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``path``.safetensors + ``path``.json (config, labels, size, preprocessing, data, metrics)."""
+    """Write ``path``.safetensors + ``path``.json (config, labels, size, preprocessing, data, metrics).
+
+    ``meta["labels"]`` (= ``config.labels``) is the output order of the network: the label set the
+    classifier was trained on, which every later step reads from the checkpoint.
+    """
     model = model.to(memory_format=torch.contiguous_format)
     meta = {
         "kind": KIND,
         "name": Path(checkpoint_paths(path)[0]).with_suffix("").name,
-        "architecture": "MONAI DenseNet on cat([x*m, m]) (AVP-CNN, appendix B.4 of 001_acb47c175b470c6b.txt)",
+        "architecture": ARCHITECTURE,
         "config": config_to_dict(model.config),
         "labels": list(model.config.labels),
         "image_size": model.config.image_size,
@@ -203,6 +218,37 @@ def shipped_checkpoint(preset: str = "cpu") -> Path:
     return WEIGHTS_DIR / f"phantom-{preset}"
 
 
+def weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """``None`` when ``found`` has exactly the tensor names and shapes of ``expected``, else one line.
+
+    The line counts the differing tensors and names the first (in the network's order):
+    ``37 tensors differ, first features.conv0.weight: file (16, 2, 3, 3), config (32, 2, 3, 3)``.
+    """
+    differ: list[str] = []
+    for name, tensor in expected.items():
+        if name not in found:
+            differ.append(f"{name}: missing from the file")
+        elif tuple(found[name].shape) != tuple(tensor.shape):
+            differ.append(f"{name}: file {tuple(found[name].shape)}, config {tuple(tensor.shape)}")
+    differ += [
+        f"{name}: in the file, not in the configured network" for name in found if name not in expected
+    ]
+    if not differ:
+        return None
+    verb = "tensors differ" if len(differ) > 1 else "tensor differs"
+    return f"{len(differ)} {verb}, first {differ[0]}"
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """``None`` when every floating tensor is finite, else a line naming the first bad tensor."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            bad = ~torch.isfinite(tensor)
+            if bad.any():
+                return f"tensor {name} holds {int(bad.sum())} non-finite value(s) (NaN or inf)"
+    return None
+
+
 def load_classifier(
     path: str | os.PathLike | None = None,
     *,
@@ -213,9 +259,10 @@ def load_classifier(
 ) -> PartialClassifier:
     """Load a classifier checkpoint (``None``: the shipped one of ``preset``) and verify it.
 
-    Raises:
-        ClassifierError: missing, truncated or tampered file (sha256), not a classifier, weights
-            that do not fit the stored config, or ``labels`` given and different from the checkpoint's.
+    Every failure is one :class:`ClassifierError` line naming the file: missing, truncated or
+    tampered (sha256), not a classifier, a config field of the wrong type or value, weights that do
+    not fit the config (the number of differing tensors and the first), weights with NaN/inf, a bad
+    temperature, or ``labels`` given and different from the checkpoint's.
     """
     if isinstance(device, str):
         from boed.runtime.devices import resolve_device
@@ -235,19 +282,30 @@ def load_classifier(
         ckpt = load_checkpoint(path, kind=KIND, device="cpu")
     except CheckpointError as exc:
         raise ClassifierError(str(exc)) from exc
-    meta = ckpt.meta
-    config = config_from_dict(meta.get("config", {}))
+    meta, weights = ckpt.meta, ckpt.path
+    sidecar = checkpoint_paths(weights)[1]
+    config = config_from_dict(meta.get("config"), source=sidecar)
     if list(config.labels) != list(meta.get("labels", config.labels)):
-        raise ClassifierError(f"{ckpt.path}: label order in the config and in the metadata differ")
+        raise ClassifierError(f"{sidecar}: label order in the config and in the metadata differ")
+    temperature = meta.get("temperature", 1.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 < temperature < math.inf
+    ):
+        raise ClassifierError(f"{sidecar}: temperature must be a positive number, got {temperature!r}")
     model = AVPCNN(config)
-    try:
-        model.load_state_dict(ckpt.tensors, strict=True)
-    except RuntimeError as exc:
-        raise ClassifierError(f"{ckpt.path}: weights do not fit the stored config ({exc})") from exc
+    problem = weights_mismatch(model.state_dict(), ckpt.tensors)
+    if problem is not None:
+        raise ClassifierError(f"{weights}: weights do not fit the config: {problem}")
+    problem = first_non_finite(ckpt.tensors)
+    if problem is not None:
+        raise ClassifierError(f"{weights}: {problem}; the checkpoint is unusable")
+    model.load_state_dict(ckpt.tensors, strict=True)
     classifier = PartialClassifier(
         model,
-        temperature=float(meta.get("temperature", 1.0)),
-        name=meta.get("name", ckpt.path.with_suffix("").name),
+        temperature=float(temperature),
+        name=str(meta.get("name", weights.with_suffix("").name)),
         sha256=ckpt.sha256,
         meta=meta,
         device=device,
@@ -256,7 +314,3 @@ def load_classifier(
     if labels is not None:
         classifier.check_labels(labels)
     return classifier
-
-
-def with_config(config: ClassifierConfig, **changes: Any) -> ClassifierConfig:
-    return dataclasses.replace(config, **changes)

@@ -102,13 +102,134 @@ def test_tampered_truncated_missing_and_wrong_kind(tmp_path, clf):
         load_classifier(tmp_path / "c")
 
 
-def test_weights_that_do_not_fit_the_config(tmp_path, clf):
+def _edit_config(tmp_path, clf, **changes):
+    """Save ``clf`` as ``c``, then change its JSON config (the sha256 covers the weights only)."""
     save_classifier(tmp_path / "c", clf.model)
     meta = json.loads((tmp_path / "c.json").read_text())
-    meta["config"]["growth_rate"] = 6
+    meta["config"].update(changes)
     (tmp_path / "c.json").write_text(json.dumps(meta))
-    with pytest.raises(ClassifierError, match="do not fit"):
-        load_classifier(tmp_path / "c")
+
+
+def _one_line_error(path) -> str:
+    with pytest.raises(ClassifierError) as info:
+        load_classifier(path)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
+
+def test_weights_that_do_not_fit_the_config_name_the_first_tensor(tmp_path, clf):
+    _edit_config(tmp_path, clf, init_features=16)
+    expected = AVPCNN(classifier_preset("tiny")).state_dict()["net.features.conv0.weight"].shape
+    wider = (16, *expected[1:])
+    message = _one_line_error(tmp_path / "c")
+    assert message.startswith(f"{tmp_path / 'c.safetensors'}: weights do not fit the config: ")
+    assert f"first net.features.conv0.weight: file {tuple(expected)}, config {wider}" in message
+    n_differ = int(message.split("config: ")[1].split(" tensor")[0])
+    assert n_differ > 10  # every layer after the first convolution changes width
+
+
+def test_missing_and_extra_tensors_are_counted(tmp_path, clf):
+    _edit_config(tmp_path, clf, block_config=[1, 2, 1])  # a third dense block the file lacks
+    assert "missing from the file" in _one_line_error(tmp_path / "c")
+    _edit_config(tmp_path, clf, block_config=[1])  # the second block's tensors are left over
+    message = _one_line_error(tmp_path / "c")
+    assert "tensors differ, first net.features.norm5.weight: file (14,), config (12,)" in message
+
+
+def test_weights_mismatch_counts_every_kind():
+    from classifiers.partial import weights_mismatch
+
+    z = torch.zeros
+    assert weights_mismatch({"a": z(2), "b": z(1)}, {"a": z(2), "b": z(1)}) is None
+    assert weights_mismatch({"a": z(2)}, {"a": z(2), "x": z(1)}) == (
+        "1 tensor differs, first x: in the file, not in the configured network"
+    )
+    assert weights_mismatch({"a": z(2), "b": z(1)}, {"b": z(3)}) == (
+        "2 tensors differ, first a: missing from the file"
+    )
+
+
+def test_more_labels_than_the_weights_have(tmp_path, clf):
+    labels = [*LABELS, "Extra"]
+    save_classifier(tmp_path / "c", clf.model)
+    meta = json.loads((tmp_path / "c.json").read_text())
+    meta["config"]["labels"] = meta["labels"] = labels
+    (tmp_path / "c.json").write_text(json.dumps(meta))
+    message = _one_line_error(tmp_path / "c")
+    assert "net.class_layers.out.weight: file (15," in message and "config (16," in message
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"growth_rate": "twelve"}, "config field growth_rate: expected int, got 'twelve'"),
+        ({"dropout": "none"}, "config field dropout: expected float, got 'none'"),
+        ({"block_config": [1, "two"]}, "config field block_config: expected a list of int"),
+        ({"labels": "Any"}, "config field labels: expected a list of str, got 'Any'"),
+        ({"growth_rate": 0}, "config field growth_rate: must be at least 1, got 0"),
+        ({"dropout": 1.5}, r"config field dropout: must be in \[0, 1\)"),
+        ({"depth": 3}, "unknown key"),
+    ],
+)
+def test_bad_config_values_are_one_line_naming_the_json_file(tmp_path, clf, changes, message):
+    _edit_config(tmp_path, clf, **changes)
+    text = _one_line_error(tmp_path / "c")
+    assert text.startswith(f"{tmp_path / 'c.json'}: ")
+    assert __import__("re").search(message, text), text
+
+
+def test_no_config_and_bad_temperature(tmp_path, clf):
+    save_classifier(tmp_path / "c", clf.model)
+    meta = json.loads((tmp_path / "c.json").read_text())
+    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "config"}))
+    assert "expected a JSON object, got None" in _one_line_error(tmp_path / "c")
+    for bad in ("hot", 0, -1.0, None):
+        (tmp_path / "c.json").write_text(json.dumps(meta | {"temperature": bad}))
+        assert "temperature must be a positive number" in _one_line_error(tmp_path / "c")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, clf, bad):
+    from boed.runtime.checkpoints import save_checkpoint
+
+    save_classifier(tmp_path / "c", clf.model)
+    meta = json.loads((tmp_path / "c.json").read_text())
+    tensors = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    name = "net.features.denseblock1.denselayer1.layers.conv1.weight"
+    assert name in tensors
+    tensors[name].view(-1)[3] = bad
+    save_checkpoint(tmp_path / "c", tensors, {k: v for k, v in meta.items() if k != "sha256"})  # new sha256
+    message = _one_line_error(tmp_path / "c")
+    assert message.startswith(f"{tmp_path / 'c.safetensors'}: tensor {name} holds 1 non-finite value")
+
+
+def test_a_dataset_s_own_labels_are_stored_and_exposed(tmp_path):
+    from classifiers.config import ClassifierConfig
+
+    config = ClassifierConfig(
+        image_size=32, init_features=8, growth_rate=4, block_config=(1,), labels=("big", "small")
+    )
+    save_classifier(tmp_path / "own", AVPCNN(config))
+    meta = json.loads((tmp_path / "own.json").read_text())
+    assert meta["labels"] == ["big", "small"] and meta["config"]["labels"] == ["big", "small"]
+    loaded = load_classifier(tmp_path / "own")
+    assert loaded.labels == ("big", "small") and loaded.config.labels == ("big", "small")
+    assert loaded.predict(*_inputs(3)).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [({"labels": ()}, "labels"), ({"labels": ("a", "a")}, "labels"), ({"block_config": ()}, "block_config")],
+)
+def test_invalid_classifier_configs(changes, field):
+    import dataclasses
+
+    from boed.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(classifier_preset("tiny"), **changes)
+    assert info.value.field == field
 
 
 def test_no_shipped_checkpoint_for_a_preset():
