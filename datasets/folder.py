@@ -217,11 +217,18 @@ class FileDataset(ImageDataset):
             paths.append(path)
             rows.append(i)
         for p in files:
-            if p not in used:
+            if p not in used and not self._row_was_skipped(p, table):
                 self._bad(f"image has no row in the labels CSV {table.path.name}", p)
         values = table.values[rows] if rows else np.zeros((0, len(table.labels)), np.float32)
         patients = [table.patients[i] for i in rows] if table.patients is not None else None
         return keys, paths, values, patients
+
+    def _row_was_skipped(self, path: Path, table: LabelTable) -> bool:
+        """Whether ``path``'s label row was already skipped as bad (so it is counted once)."""
+        if not table.skipped_keys:
+            return False
+        rel = relpath(path, self.root).replace(os.sep, "/")
+        return bool({rel, path.name, path.stem} & table.skipped_keys)
 
     def _validate(self) -> None:
         keep = []

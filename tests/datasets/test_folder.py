@@ -51,8 +51,37 @@ def test_bad_label_value(folder):
     with pytest.raises(DatasetError, match=r"labels\.csv: row 2 \(a\.png\): label 'cat' has value 'yes'"):
         FolderDataset(folder, split="all")
     ds = FolderDataset(folder, split="all", skip_bad=True)
-    # the row is skipped, so its image has no labels: skipped too
-    assert len(ds) == 3 and len(ds.skipped) == 2
+    # the row is skipped, and its image with it: one bad input, counted once
+    assert len(ds) == 3 and len(ds.skipped) == 1 and "a.png" not in ds.ids
+
+
+def test_bad_row_counted_once_whatever_its_bad_cells(folder):
+    csv = folder / "labels.csv"
+    csv.write_text(csv.read_text().replace("a.png,1,0", "a.png,yes,maybe"))
+    ds = FolderDataset(folder, split="all", skip_bad=True)
+    assert len(ds) == 3 and len(ds.skipped) == 1 and "'cat' has value 'yes'" in ds.skipped[0][1]
+
+
+def test_multi_valued_label_column_says_how_to_make_binary_columns(tmp_path):
+    root = tmp_path / "digits"
+    root.mkdir()
+    rows = ["image,digit,odd"]
+    for i in range(20):
+        Image.fromarray(np.full((4, 4), i, np.uint8), mode="L").save(root / f"{i}.png")
+        rows.append(f"{i}.png,{i % 10},{i % 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    for skip_bad in (False, True):  # a whole column of classes is not a few bad rows
+        with pytest.raises(DatasetError) as info:
+            FolderDataset(root, split="all", skip_bad=skip_bad)
+        message = str(info.value)
+        assert "labels.csv: label column 'digit' has values 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in message
+        assert "one 0/1 column per class (digit_0, digit_1, digit_2, ...)" in message and "\n" not in message
+    yes_no = ["image,sick"] + [f"{i}.png,{('no', 'yes')[i % 2]}" for i in range(20)]
+    (root / "labels.csv").write_text("\n".join(yes_no) + "\n")
+    with pytest.raises(
+        DatasetError, match="label column 'sick' has values no, yes; .*map its two values to 0"
+    ):
+        FolderDataset(root, split="all", skip_bad=True)
 
 
 def test_csv_problems(folder, tmp_path):
