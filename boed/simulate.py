@@ -59,6 +59,7 @@ class SimulationConfig:
     stop_eig: float | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     share_prior_decision: bool = True
+    allow_training_images: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policies", parse_policies(self.policies))
@@ -116,8 +117,12 @@ def code_version() -> str:
 
 def check_parts(
     config: SimulationConfig, sampler: Sampler | None, classifier: Classifier, dataset: Any
-) -> None:
-    """Refuse, before any work, parts that do not fit the config or each other."""
+) -> list[str]:
+    """Refuse, before any work, parts that do not fit the config or each other.
+
+    Checks image sizes, labels, the target (against the classifier's labels) and the provenance
+    of the checkpoints (:func:`check_provenance`). Returns the provenance warnings (empty: none).
+    """
     sizes = {"config": config.image_size, "classifier": int(classifier.image_size)}
     if sampler is not None:
         sizes["sampler"] = int(sampler.image_size)
@@ -137,6 +142,51 @@ def check_parts(
     resolve_target(config.target, list(classifier.labels))
     if any(get_policy(p).needs_eig for p in config.policies) and sampler is None:
         raise BoedError("the boed policy needs a sampler")
+    if dataset is None:
+        return []
+    return check_provenance(
+        {"classifier": classifier, "sampler": sampler}, dataset.describe(), config.allow_training_images
+    )
+
+
+def check_provenance(
+    parts: dict[str, Any], description: dict[str, Any], allow_training_images: bool
+) -> list[str]:
+    """Compare what each checkpoint was trained on (``part.meta["data"]``) with the dataset.
+
+    A part whose checkpoint was trained on some of these images is refused (its accuracy there
+    says nothing) unless ``allow_training_images``; a dataset from another source than the
+    checkpoint's training data (e.g. the phantom checkpoints on real radiographs, where they
+    return saturated, meaningless probabilities) gives a warning. Parts without a record of
+    their training data (toy models, checkpoints written before it was recorded) are not checked.
+
+    Returns:
+        The warnings, one line each, naming the part.
+    """
+    recorded = {what: part.meta["data"] for what, part in parts.items() if _training_data(part)}
+    if not recorded:
+        return []
+    from datasets.provenance import source_mismatch, training_overlap
+
+    warnings = []
+    for what, data in recorded.items():
+        overlap = training_overlap(data, description)
+        if overlap and not allow_training_images:
+            raise BoedError(
+                f"the {what} checkpoint was trained on images of this dataset ({overlap}); simulate on "
+                "images it has not seen (another split or dataset) or pass --allow-training-images"
+            )
+        if overlap:
+            warnings.append(f"the {what} checkpoint was trained on these images ({overlap}); allowed")
+        mismatch = source_mismatch(data, description)
+        if mismatch:
+            warnings.append(f"the {what} checkpoint was trained on other data: {mismatch}")
+    return warnings
+
+
+def _training_data(part: Any) -> bool:
+    meta = getattr(part, "meta", None)
+    return isinstance(meta, dict) and isinstance(meta.get("data"), dict) and bool(meta["data"])
 
 
 @dataclass
@@ -187,6 +237,7 @@ def run_simulation(
             seed=config.seed,
             labels=labels,
             code_version=code_version(),
+            target=resolve_target(config.target, labels).name,
         )
         done: set[tuple[str, str]] = set()
     else:

@@ -100,55 +100,77 @@ def show(
     session: int | None = typer.Argument(None, help="A session id: show its steps instead of the run."),
     db: str | None = DB,
     run: str | None = RUN,
-    label: str = typer.Option("Any", "--label", help="The label whose accuracy / probability is shown."),
+    label: str | None = typer.Option(
+        None,
+        "--label",
+        help="The label whose accuracy / probability is shown (any label of the run, or all) "
+        "[default: the run's target].",
+    ),
 ) -> None:
-    """Show a run (its record and the accuracy of LABEL by number of scans per policy) or a session."""
+    """Show a run (its record and the accuracy of its target by number of scans per policy) or a session."""
     with user_errors(), _open(db) as store:
         if session is not None:
             _show_session(store, session, label)
             return
         run = _latest(store, run)
         record = store.get_run(run)
+        target = _target(record, label)
         info = Table.grid(padding=(0, 2))
         fields = ("run_id", "status", "created_at", "finished_at", "sampler", "sampler_sha256", "classifier",
                   "classifier_sha256", "seed", "code_version")  # fmt: skip
         for name in fields:
             info.add_row(name, _fmt(getattr(record, name)))
+        info.add_row("target", target.title)
         info.add_row("dataset", str(record.dataset))
         info.add_row("config", str(record.config))
         if record.timings:
             info.add_row("timings", str(record.timings))
         console.print(info)
-        summary = accuracy_by_step(store.predictions(run, label=label))
+        predictions = store.predictions(run)
+        summary = accuracy_by_step(predictions[predictions["label"].isin(target.labels)])
         if summary.empty:
-            console.print(f"no finished sessions with a known {label!r} label yet")
+            console.print(f"no finished sessions with a known {target.title} label yet")
             return
         columns = {"policy": "policy", "step": "scans", "sessions": "sessions", "accuracy": "accuracy",
                    "entropy": "mean entropy (nats)"}  # fmt: skip
-        console.print(_table(f"{label}: accuracy by number of scans", summary, columns))
+        pooled = " (pooled over its labels)" if len(target.labels) > 1 else ""
+        console.print(_table(f"{target.title}: accuracy by number of scans{pooled}", summary, columns))
 
 
-def _show_session(store, session_id: int, label: str) -> None:
+def _target(record, label: str | None):
+    """The run's target (or ``label``), resolved against the run's labels; StoreError if unknown."""
+    from boed.errors import BoedError
+    from boed.report import run_target
+    from boed.store import StoreError
+
+    try:
+        return run_target(record, label)
+    except BoedError as exc:
+        raise StoreError(f"--label: {exc}") from None
+
+
+def _show_session(store, session_id: int, label: str | None) -> None:
     record = store.get_session(session_id)
-    labels = list(store.get_run(record.run_id).labels)
-    if label not in labels:
-        from boed.store import StoreError
-
-        raise StoreError(f"unknown label {label!r}; valid: {', '.join(labels)}")
-    truth = record.true_labels[labels.index(label)]
+    run = store.get_run(record.run_id)
+    labels = list(run.labels)
+    target = _target(run, label)
+    truth = ", ".join(f"{name} = {_fmt(record.true_labels[labels.index(name)], 0)}" for name in target.labels)
     console.print(
         f"session {record.id} of run {record.run_id}: image {record.image_id} (index {record.image_index}), "
-        f"policy {record.policy}, {record.status}; true {label} = {_fmt(truth, 0)}"
+        f"policy {record.policy}, {record.status}; true {truth}"
     )
     if record.error:
         console.print(f"error: {record.error}", style="red", highlight=False)
     steps = store.steps(record.run_id, status=None)
-    steps = steps[steps["session_id"] == session_id]
-    probs = store.predictions(record.run_id, label=label, status=None)
-    probs = probs[probs["session_id"] == session_id][["step", "prob"]]
-    frame = steps.merge(probs, on="step", how="left")
-    columns = {"step": "step", "row": "row", "col": "col", "candidate": "candidate", "eig": "EIG",
-               "prob": f"P({label})", "seconds": "seconds"}  # fmt: skip
+    frame = steps[steps["session_id"] == session_id]
+    probs = store.predictions(record.run_id, status=None)
+    probs = probs[probs["session_id"] == session_id]
+    columns = {"step": "step", "row": "row", "col": "col", "candidate": "candidate", "eig": "EIG"}
+    for i, name in enumerate(target.labels):
+        column = probs[probs["label"] == name][["step", "prob"]].rename(columns={"prob": f"p{i}"})
+        frame = frame.merge(column, on="step", how="left")
+        columns[f"p{i}"] = f"P({name})"
+    columns["seconds"] = "seconds"
     console.print(_table("steps", frame, columns))
     arrays = store.load_arrays(session_id)
     if arrays:

@@ -98,7 +98,12 @@ def simulate(
     classifier: Path | None = typer.Option(
         None, "--classifier", help="Classifier checkpoint (default: shipped)."
     ),
-    target: str = typer.Option("any", "--target", help="any, all, or one finding name."),
+    target: str = typer.Option(
+        "any",
+        "--target",
+        help="The label the scans decide about, checked against the classifier's labels: one of "
+        "them (case-insensitive; any = its Any output), or all (every label but Any).",
+    ),
     preset: str = typer.Option("cpu", "--preset", help="cpu (64 px, 16 px scans) or paper (256/64)."),
     seed: int = typer.Option(0, "--seed"),
     split: str = typer.Option("test", "--split", help="Dataset split."),
@@ -124,15 +129,20 @@ def simulate(
         "--threads",
         help="CPU threads for torch (1: robust on shared machines; 0: torch's default, all cores).",
     ),
+    allow_training_images: bool = typer.Option(
+        False,
+        "--allow-training-images",
+        help="Simulate even on images the classifier or sampler checkpoint was trained on "
+        "(refused by default: the results would be optimistic).",
+    ),
 ) -> None:
     """Simulate scan sessions (BOED vs baselines) and print accuracy / AUROC / entropy vs scans."""
     with user_errors():
         from boed.config import get_preset
         from boed.eig import resolve_target
         from boed.policies import parse_policies
-        from boed.simulate import SimulationConfig
+        from boed.simulate import SimulationConfig, check_parts
         from boed.store import Store
-        from datasets.labels import LABELS
 
         t_start = time.perf_counter()
         _set_threads(threads)
@@ -163,10 +173,11 @@ def simulate(
                 figure_sessions=figures,
                 stop_entropy=stop_entropy,
                 stop_eig=stop_eig,
+                allow_training_images=allow_training_images,
             )
-            resolve_target(config.target, LABELS)  # a bad name fails before anything loads
             store = Store.open(db)
         clf, smp = _load_parts(config, dev)
+        resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
         if resume is not None:
             _check_same_parts(store.get_run(resume), clf, smp)
         from datasets import open_dataset
@@ -179,16 +190,19 @@ def simulate(
             data_root=config.data_root,
             seed=config.seed,
         )
-        run_id = _run_with_progress(store, dataset, smp, clf, config, resume)
-        from boed.report import build_report, load_summary
+        warnings = check_parts(config, smp, clf, dataset)
+        for line in warnings:
+            err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)
+        description = dataset.describe() | ({"warnings": warnings} if warnings else {})
+        run_id = _run_with_progress(store, dataset, smp, clf, config, resume, description)
+        from boed.report import build_report, load_target_summary
 
-        run, summary = load_summary(store, run_id)
+        run, tgt, summary = load_target_summary(store, run_id)
         wall = time.perf_counter() - t_start
         console.print(
             _summary_table(
                 summary,
-                f"run {run_id}: Any vs number of scans ({config.images}, "
-                f"{config.preset} preset, target {config.target})",
+                f"run {run_id}: {tgt.title} vs number of scans ({config.images}, {config.preset} preset)",
             )
         )
         console.print(
@@ -234,7 +248,7 @@ def _check_same_parts(run: Any, classifier: Any, sampler: Any) -> None:
             )
 
 
-def _run_with_progress(store, dataset, sampler, classifier, config, resume):
+def _run_with_progress(store, dataset, sampler, classifier, config, resume, description=None):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -274,7 +288,7 @@ def _run_with_progress(store, dataset, sampler, classifier, config, resume):
                 classifier,
                 config,
                 run_id=resume,
-                dataset_description=dataset.describe(),
+                dataset_description=description if description is not None else dataset.describe(),
                 progress=update,
                 on_start=started.append,
             )
@@ -298,7 +312,7 @@ def report(
     """Rebuild a run's report (Fig. 5, Fig. 6 PNGs, index.html) from the store alone."""
     with user_errors():
         from boed.errors import BoedError
-        from boed.report import build_report, load_summary
+        from boed.report import build_report, load_target_summary
         from boed.store import Store
 
         store = Store.open(db)
@@ -306,9 +320,9 @@ def report(
             run_id = store.latest_run_id() or ""
             if not run_id:
                 raise BoedError("the store has no runs")
-        _, summary = load_summary(store, run_id)
+        _, tgt, summary = load_target_summary(store, run_id)
         index = build_report(store, run_id, out or Path("runs") / run_id)
-        console.print(_summary_table(summary, f"run {run_id}: Any vs number of scans"))
+        console.print(_summary_table(summary, f"run {run_id}: {tgt.title} vs number of scans"))
         console.print(f"report: {index}")
 
 

@@ -1,4 +1,10 @@
-"""Build the report of a run (PNGs + a self-contained ``index.html``) from the store alone."""
+"""Build the report of a run (PNGs + a self-contained ``index.html``) from the store alone.
+
+Everything is reported for the run's *target* (:func:`run_target`): one label of the classifier
+(e.g. ``Any``, ``Mass`` or a folder's own ``big``), or ``all``, for which the metrics are
+averaged over the target's labels (macro average: accuracy, AUROC and entropy of each label,
+then their mean).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from boed.eig import ALL, Target, resolve_target
 from boed.policies import FULL_IMAGE
 from boed.report.figures import plot_performance, plot_session
 from boed.report.metrics import summarise
@@ -21,17 +29,57 @@ table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
 td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee}
 .meta td{text-align:left}.small{color:#666;font-size:.85em}
+.warn{background:#fff4c2;border-left:4px solid #d9a400;padding:.4em .8em}
 """
 
 
-def load_summary(store: Any, run_id: str, label: str = "Any") -> tuple[Any, pd.DataFrame]:
-    """``(run record, summary table)`` for ``run_id`` (see :func:`boed.report.metrics.summarise`)."""
+def run_target(run: Any, label: str | None = None) -> Target:
+    """The target a run was simulated for, resolved against the run's labels.
+
+    Read from the ``runs.target`` column where the store has it, else from the run's config
+    (``"any"`` for a config without one, as runs were before the target was configurable).
+    ``label`` overrides it (any label of the run, or ``all``).
+    """
+    name = label or getattr(run, "target", None) or (run.config or {}).get("target") or "any"
+    return resolve_target(name, list(run.labels))
+
+
+def load_target_summary(
+    store: Any, run_id: str, label: str | None = None
+) -> tuple[Any, Target, pd.DataFrame]:
+    """``(run record, target, summary table)`` for ``run_id``.
+
+    The table is :func:`boed.report.metrics.summarise` of the target's label with a first column
+    ``target`` (the target's name); for ``all`` the per-label tables are averaged (macro).
+    """
     run = store.get_run(run_id)
+    target = run_target(run, label)
     config = run.config or {}
     scans = int(config.get("scans", 5))
-    predictions = store.predictions(run_id, label=label)
     policies = [p for p in config.get("policies", []) if p != FULL_IMAGE] or None
-    return run, summarise(predictions, scans, policies)
+    tables = [summarise(store.predictions(run_id, label=name), scans, policies) for name in target.labels]
+    summary = tables[0] if len(tables) == 1 else _macro_mean(tables)
+    summary.insert(0, "target", target.name)
+    return run, target, summary
+
+
+def load_summary(store: Any, run_id: str, label: str | None = None) -> tuple[Any, pd.DataFrame]:
+    """``(run record, summary table)`` of the run's target (or ``label``); see :func:`load_target_summary`."""
+    run, _, summary = load_target_summary(store, run_id, label)
+    return run, summary
+
+
+def _macro_mean(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean of the metrics of several labels' summaries, row by row (same policies and scans)."""
+    first = tables[0]
+    out = first.copy()
+    for key in ("accuracy", "auroc", "entropy"):
+        values = pd.concat([t[key].reset_index(drop=True) for t in tables], axis=1).to_numpy(float)
+        with np.errstate(all="ignore"):
+            known = ~np.isnan(values)
+            total = np.where(known, values, 0.0).sum(1)
+            out[key] = np.where(known.any(1), total / np.maximum(known.sum(1), 1), np.nan)
+    return out
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -65,19 +113,20 @@ def summary_html(summary: pd.DataFrame) -> str:
 
 
 def build_report(
-    store: Any, run_id: str, out: str | Path, *, label: str = "Any", max_sessions: int = 8
+    store: Any, run_id: str, out: str | Path, *, label: str | None = None, max_sessions: int = 8
 ) -> Path:
     """Write ``fig5.png``, ``sessions/*.png`` and ``index.html`` for ``run_id`` into ``out``.
 
     Everything comes from the store (predictions, sessions, steps, saved arrays), so the report
-    can be rebuilt at any time with ``boed report RUN_ID``. Returns the path of ``index.html``.
+    can be rebuilt at any time with ``boed report RUN_ID``. Metrics are those of the run's
+    target (``label``: another label of the run). Returns the path of ``index.html``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run, summary = load_summary(store, run_id, label)
+    run, target, summary = load_target_summary(store, run_id, label)
     config = run.config or {}
     patch = int(config.get("patch_size", 16))
-    plot_performance(summary, out / "fig5.png", label)
+    plot_performance(summary, out / "fig5.png", target.title)
     summary.to_csv(out / "summary.csv", index=False)
 
     sessions = store.sessions(run_id)
@@ -90,8 +139,8 @@ def build_report(
         if not arrays:
             continue
         name = f"sessions/session-{int(rec.session_id)}.png"
-        truth = _truth(rec.true_labels, list(run.labels), label)
-        if plot_session(arrays, out / name, patch, f"image {rec.image_id} ({label} = {truth})"):
+        truth = _truth(rec.true_labels, list(run.labels), target)
+        if plot_session(arrays, out / name, patch, f"image {rec.image_id} ({truth})"):
             figures.append((rec, name))
 
     counts = sessions.groupby(["policy", "status"]).size().unstack(fill_value=0)
@@ -104,6 +153,7 @@ def build_report(
         "sampler": f"{run.sampler} ({(run.sampler_sha256 or '–')[:12]})",
         "classifier": f"{run.classifier} ({(run.classifier_sha256 or '–')[:12]})",
         "dataset": str(run.dataset),
+        "target": target.title,
         "seed": str(run.seed),
         "code version": run.code_version,
         "config": ", ".join(f"{k}={v}" for k, v in config.items()),
@@ -117,7 +167,11 @@ def build_report(
             for k, v in meta_rows.items()
         )
         + "</table>",
-        f"<h2>{html.escape(label)} vs number of scans (Fig. 5)</h2>",
+        *(
+            f"<p class=warn>warning: {html.escape(str(line))}</p>"
+            for line in ((run.dataset or {}).get("warnings") or [])
+        ),
+        f"<h2>{html.escape(target.title)} vs number of scans (Fig. 5)</h2>",
         '<img src="fig5.png" alt="performance vs number of scans">',
         summary_html(summary),
         "<h2>Sessions</h2>" + counts.to_html(border=0),
@@ -154,9 +208,20 @@ def build_report(
     return index
 
 
-def _truth(true_labels: Any, labels: list[str], label: str) -> str:
-    try:
-        v = float(list(true_labels)[labels.index(label)])
-    except (ValueError, IndexError, TypeError):
-        return "?"
-    return "?" if math.isnan(v) else str(int(v))
+def _truth(true_labels: Any, labels: list[str], target: Target) -> str:
+    """``big = 1`` for a one-label target; ``all: positive Mass, Nodule`` (or ``none``) for ``all``."""
+
+    def value(name: str) -> float:
+        try:
+            return float(list(true_labels)[labels.index(name)])
+        except (ValueError, IndexError, TypeError):
+            return math.nan
+
+    if target.name != ALL:
+        v = value(target.name)
+        return f"{target.name} = {'?' if math.isnan(v) else int(v)}"
+    values = {name: value(name) for name in target.labels}
+    positive = [name for name, v in values.items() if v == 1]
+    unknown = sum(math.isnan(v) for v in values.values())
+    text = f"all: positive {', '.join(positive)}" if positive else "all: none positive"
+    return text + (f", {unknown} unknown" if unknown else "")

@@ -1,11 +1,12 @@
 """Figures of the report: Fig. 5 (performance vs scans) and Fig. 6 (the EIG at work).
 
-As in 001_acb47c175b470c6b.txt: Fig. 5 plots the accuracy of the ``Any`` prediction against the
-number of scans per policy; Fig. 6 shows, for each step, the observation so far, several
-completions each overlaid with its information-gain map, the EIG map (over the mean completion)
-and the observation after scanning the chosen location. IG/EIG maps use a diverging colormap
-centred on 0: blue = positive, red = negative (an IG can be negative; the EIG should not be).
-matplotlib is imported inside the functions with the Agg backend.
+As in Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models":
+Fig. 5 plots the accuracy of the prediction of the run's target (the paper's ``Any``; here
+whichever label the run targeted) against the number of scans per policy; Fig. 6 shows, for each
+step, the observation so far, several completions each overlaid with its information-gain map,
+the EIG map (over the mean completion) and the observation after scanning the chosen location.
+IG/EIG maps use a diverging colormap centred on 0: blue = positive, red = negative (an IG can be
+negative; the EIG should not be). matplotlib is imported inside the functions with the Agg backend.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def _pyplot():
     return plt
 
 
-def plot_performance(summary: pd.DataFrame, path: Path, label: str = "Any") -> Path:
-    """Fig. 5: accuracy, AUROC and entropy of ``label`` vs number of scans, one line per policy."""
+def plot_performance(summary: pd.DataFrame, path: Path, label: str) -> Path:
+    """Fig. 5: accuracy, AUROC and entropy of ``label`` (the target's title) vs number of scans,
+    one line per policy; each panel's title starts with ``label``."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     curves = summary[summary["policy"] != FULL_IMAGE]

@@ -163,3 +163,44 @@ def test_shape_errors():
     with pytest.raises(BoedError, match="one image"):
         expected_information_gain(clf, observed.repeat(2, 1, 1, 1), mask, torch.zeros(3, 1, 8, 8), grid)
     assert isinstance(expected_information_gain(clf, observed, mask, world.images[:3], grid), EIG)
+
+
+def test_targets_come_from_the_classifier_labels():
+    from boed.eig import valid_targets
+
+    own = ["big", "bright"]
+    assert resolve_target("BIG", own) == resolve_target("big", own)
+    assert resolve_target("big", own).indices == (0,) and resolve_target("big", own).name == "big"
+    assert (
+        resolve_target("all", own).indices == (0, 1) and resolve_target("all", own).title == "all (2 labels)"
+    )
+    assert valid_targets(own) == ["all", "big", "bright"]
+    with pytest.raises(BoedError, match="target 'any' needs a classifier with an 'Any' output.*big, bright"):
+        resolve_target("any", own)
+    with pytest.raises(BoedError, match="valid targets: all, big, bright$"):
+        resolve_target("Mass", own)
+    # the canonical name is the classifier's spelling, so runs store "Any", not "any"
+    assert resolve_target("any", LABELS).name == "Any" and resolve_target("mass", LABELS).name == "Mass"
+    assert resolve_target("all", LABELS).labels == tuple(LABELS[:14])
+    assert resolve_target("any", ["big", "Any"]).indices == (1,)
+    assert resolve_target("all", ["big", "Any"]).indices == (0,)
+    with pytest.raises(BoedError, match="needs a label other than Any"):
+        resolve_target("all", ["Any"])
+
+
+def test_non_finite_inputs_are_refused():
+    world, grid, observed, mask = _setup(0, [])
+    clf = BayesClassifier(world)
+    comps = PosteriorSampler(world, exact=True).sample(observed, mask, 0)
+    lw = comps.log_weights.clone()
+    lw[0] = float("nan")
+    with pytest.raises(BoedError, match="NaN or \\+inf log-weights"):
+        expected_information_gain(clf, observed, mask, comps.images, grid, log_weights=lw)
+    bad = comps.images.clone()
+    bad[0, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(BoedError, match="non-finite completions: 1 of .* are infinite"):
+        expected_information_gain(clf, observed, mask, bad, grid)
+    with pytest.raises(BoedError, match="non-finite probabilities on the observation"):
+        expected_information_gain(
+            clf, observed, mask, comps, grid, current_probs=torch.full((1, 15), float("nan"))
+        )

@@ -87,7 +87,7 @@ def test_show_session(db):
     "args, message",
     [
         (["show", "--run", "nope"], "unknown run id 'nope'"),
-        (["show", "--label", "Nodule"], "unknown label 'Nodule'; valid: Mass, Any"),
+        (["show", "--label", "Nodule"], "--label: unknown target 'Nodule'; valid targets: any, all, Mass"),
         (["show", "99"], "unknown session id 99"),
         (["list", "--run", "nope"], "unknown run id 'nope'"),
     ],
