@@ -138,7 +138,7 @@ def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
 def test_bad_input_is_one_line(toys, tmp_path, extra, message):
     result = runner.invoke(app, _args(tmp_path, *extra))
     assert result.exit_code == 2
-    assert message in result.stderr.replace("\n", " ")
+    assert message in _flat(result.stderr)
     assert "Traceback" not in result.stderr
 
 
@@ -163,3 +163,140 @@ def test_unreachable_database_is_a_clear_error(toys, tmp_path):
 def test_unknown_run_id(tmp_path):
     result = runner.invoke(app, ["report", "nope", "--db", str(tmp_path / "b.db")])
     assert result.exit_code == 2 and "nope" in result.stderr
+
+
+def _flat(text):
+    """Output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def _run_record(tmp_path):
+    from boed.store import Store
+
+    store = Store.open(str(tmp_path / "b.db"))
+    return store, store.get_run(store.latest_run_id())
+
+
+def test_outputs_name_the_run_target(toys, tmp_path):
+    import pandas as pd
+
+    result = runner.invoke(app, _args(tmp_path, "--target", "effusion", "--policy", "boed,random"))
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "Effusion vs number of scans" in _flat(result.stdout) and "Any" not in result.stdout
+    store, run = _run_record(tmp_path)
+    assert run.target == "Effusion"
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert set(summary["target"]) == {"Effusion"}
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "Effusion vs number of scans (Fig. 5)" in html and "Any vs" not in html
+    # the summary is that of the Effusion label, not of Any
+    from boed.report.metrics import summarise
+
+    expected = summarise(store.predictions(run.run_id, label="Effusion"), 2, ["boed", "random"])
+    pd.testing.assert_series_equal(summary["accuracy"], expected["accuracy"], check_names=False)
+    again = runner.invoke(
+        app, ["report", run.run_id, "--db", str(tmp_path / "b.db"), "--out", str(tmp_path / "r")]
+    )
+    assert again.exit_code == 0 and "Effusion vs number of scans" in _flat(again.stdout)
+    shown = runner.invoke(app, ["sessions", "show", "--db", str(tmp_path / "b.db")])
+    assert shown.exit_code == 0 and "Effusion: accuracy by number of scans" in _flat(shown.stdout)
+
+
+def test_target_all_is_the_macro_mean_over_labels(toys, tmp_path):
+    import pandas as pd
+
+    result = runner.invoke(app, _args(tmp_path, "--target", "all", "--policy", "random"))
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "all (14 labels) vs number of scans" in _flat(result.stdout)
+    store, run = _run_record(tmp_path)
+    assert run.target == "all"
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    from boed.report.metrics import summarise
+
+    per_label = [
+        summarise(store.predictions(run.run_id, label=name), 2, ["random"]) for name in run.labels[:14]
+    ]
+    expected = pd.concat([t["entropy"] for t in per_label], axis=1).mean(axis=1)
+    pd.testing.assert_series_equal(summary["entropy"], expected, check_names=False)
+
+
+@pytest.mark.parametrize("target", ["big", "any"])
+def test_target_is_checked_against_the_classifier_labels(toys, tmp_path, monkeypatch, target):
+    import classifiers
+    from tests.boed.toys import BayesClassifier, ToyWorld
+
+    world = ToyWorld(size=32, patch=8, seed=4)
+
+    def own_labels(path=None, *, preset="cpu", device="cpu"):
+        clf = BayesClassifier(world)
+        clf.labels = ("big", "bright")
+        return clf
+
+    monkeypatch.setattr(classifiers, "load_classifier", own_labels)
+    result = runner.invoke(app, _args(tmp_path, "--target", target))
+    assert result.exit_code == 2
+    err = _flat(result.stderr)
+    if target == "big":  # accepted as a name; the toy's outputs then do not fit its 2 labels
+        assert "valid targets" not in err and "labels" in err
+    else:
+        assert (
+            "target 'any' needs a classifier with an 'Any' output" in err
+            and "valid targets: all, big, bright" in err
+        )
+
+
+def _provenance_parts(monkeypatch, split):
+    """The toy dataset described as a folder collection, and a classifier trained on its ``split``."""
+    from tests.boed.toys import ToyDataset
+
+    description = {"source": "folder", "fingerprint": "f" * 64, "split": "test", "split_seed": 0,
+                   "labels": [], "size": 32, "n": 3}  # fmt: skip
+    monkeypatch.setattr(ToyDataset, "describe", lambda self: dict(description))
+    import classifiers
+
+    real = classifiers.load_classifier
+
+    def trained(*args, **kw):
+        clf = real(*args, **kw)
+        clf.meta = {"data": {"train": description | {"split": split}, "val": description | {"split": "val"}}}
+        return clf
+
+    monkeypatch.setattr(classifiers, "load_classifier", trained)
+
+
+def test_simulating_on_training_images_is_refused(toys, tmp_path, monkeypatch):
+    _provenance_parts(monkeypatch, split="test")
+    result = runner.invoke(app, _args(tmp_path))
+    assert result.exit_code == 2
+    err = _flat(result.stderr)
+    assert (
+        "classifier checkpoint was trained on images of this dataset" in err
+        and "--allow-training-images" in err
+    )
+    assert "Traceback" not in result.stderr
+    from boed.store import Store
+
+    assert Store.open(str(tmp_path / "b.db")).runs().empty  # refused before the run was created
+    allowed = runner.invoke(app, _args(tmp_path, "--allow-training-images", "--no-report"))
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning: the classifier checkpoint was trained on these images" in _flat(allowed.stderr)
+    _, run = _run_record(tmp_path)
+    assert run.config["allow_training_images"] is True
+    assert any("trained on these images" in w for w in run.dataset["warnings"])
+
+
+def test_other_training_source_warns_and_is_recorded(toys, tmp_path, monkeypatch):
+    _provenance_parts(monkeypatch, split="train")
+    import tests.boed.toys as toys_module
+
+    monkeypatch.setattr(
+        toys_module.ToyDataset,
+        "describe",
+        lambda self: {"source": "dicom", "fingerprint": "d" * 64, "split": "test"},
+    )
+    result = runner.invoke(app, _args(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "warning: the classifier checkpoint was trained on other data" in _flat(result.stderr)
+    _, run = _run_record(tmp_path)
+    assert any("folder images" in w and "dicom images" in w for w in run.dataset["warnings"])
+    assert "warning: the classifier checkpoint" in (tmp_path / "report" / "index.html").read_text()
