@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
 from boed.store.engine import READ_OPTIONS, describe
-from boed.store.errors import StoreError
+from boed.store.errors import StoreError, StoreWriteError
 from boed.store.models import Run
 from boed.store.records import first_line
 
@@ -35,18 +35,24 @@ class StoreBase:
 
     # ---------------------------------------------------------------- transactions
     @contextmanager
-    def _guard(self) -> Iterator[None]:
+    def _guard(self, write: bool = False) -> Iterator[None]:
+        """Database errors as one-line StoreErrors; in a write, as :class:`StoreWriteError`."""
+        error = StoreWriteError if write else StoreError
         try:
             yield
         except IntegrityError as exc:
-            raise StoreError(f"the database refused the write: {first_line(exc)}") from None
+            raise error(f"the database refused the write: {first_line(exc)}") from None
         except DBAPIError as exc:
-            raise StoreError(f"database error on {self.url}: {first_line(exc)}") from None
+            raise error(f"database error on {self.url}: {first_line(exc)}") from None
 
     @contextmanager
     def _write(self) -> Iterator[OrmSession]:
         """A write transaction (BEGIN IMMEDIATE on SQLite): commits on success, else rolls back."""
-        with self._guard(), OrmSession(self.engine, expire_on_commit=False) as session, session.begin():
+        with (
+            self._guard(write=True),
+            OrmSession(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     @contextmanager

@@ -9,3 +9,12 @@ class StoreError(ValueError):
 
     The message is one line meant for the user; the CLI prints it without a traceback.
     """
+
+
+class StoreWriteError(StoreError):
+    """The database failed a write it should have taken: disk full, a read-only file, a lock held
+    past the busy timeout, a lost connection, a constraint broken by another process.
+
+    Every write is one transaction, so nothing committed before is lost. A simulation stops at
+    once on this error (the store, not the image, is at fault); ``--resume`` continues it.
+    """

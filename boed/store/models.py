@@ -63,6 +63,8 @@ class Run(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     labels: Mapped[list[str]] = mapped_column(JSON)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    target: Mapped[str | None] = mapped_column(String(64))  # a name of ``labels`` or "all" (0002)
+    error: Mapped[str | None] = mapped_column(Text)  # why an interrupted/failed run stopped (0002)
 
 
 class Session(Base):

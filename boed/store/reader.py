@@ -75,9 +75,9 @@ class ReadAPI(StoreBase):
 
     # ---------------------------------------------------------------- read API (DataFrames)
     def runs(self) -> pd.DataFrame:
-        """One row per run, oldest first: ``run_id, created_at, finished_at, status, sampler,
-        sampler_sha256, classifier, classifier_sha256, seed, code_version, n_sessions, n_done,
-        n_failed`` (timestamps UTC). Full configs: :meth:`get_run`."""
+        """One row per run, oldest first: ``run_id, created_at, finished_at, status, target,
+        sampler, sampler_sha256, classifier, classifier_sha256, seed, code_version, n_sessions,
+        n_done, n_failed, error`` (timestamps UTC). Full configs: :meth:`get_run`."""
         counts = (
             select(
                 Session.run_id,
@@ -94,6 +94,7 @@ class ReadAPI(StoreBase):
                 Run.created_at,
                 Run.finished_at,
                 Run.status,
+                Run.target,
                 Run.sampler,
                 Run.sampler_sha256,
                 Run.classifier,
@@ -103,6 +104,7 @@ class ReadAPI(StoreBase):
                 func.coalesce(counts.c.n_sessions, 0).label("n_sessions"),
                 func.coalesce(counts.c.n_done, 0).label("n_done"),
                 func.coalesce(counts.c.n_failed, 0).label("n_failed"),
+                Run.error,
             )
             .outerjoin(counts, counts.c.run_id == Run.run_id)
             .order_by(Run.created_at, Run.run_id)

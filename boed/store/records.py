@@ -20,6 +20,9 @@ import numpy as np
 from boed.store.errors import StoreError
 
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
+"""``running``; ``done``; ``failed``: stopped by an unexpected error (a bug, or a part that broke
+for every image); ``interrupted``: stopped before the end by Ctrl-C, SIGTERM or a store fault
+(``--resume`` continues it). ``runs.error`` says why a run stopped."""
 SESSION_STATUSES = ("running", "done", "failed")
 MAX_ERROR_CHARS = 10_000
 
@@ -42,6 +45,8 @@ class RunRecord:
     seed: int
     labels: tuple[str, ...]
     timings: dict[str, Any] | None
+    target: str | None = None  # the run's target: a name of ``labels`` or "all" (schema 0002)
+    error: str | None = None  # why an interrupted or failed run stopped (schema 0002)
 
 
 @dataclass(frozen=True)

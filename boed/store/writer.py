@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from boed.store.base import StoreBase
 from boed.store.errors import StoreError
@@ -38,11 +38,18 @@ class WritePath(StoreBase):
         seed: int,
         labels: Sequence[str],
         code_version: str,
+        target: str | None = None,
     ) -> str:
-        """Record a new run (status ``running``) and return its id."""
+        """Record a new run (status ``running``) and return its id.
+
+        ``target``: the label the run decides about, one of ``labels`` or ``"all"`` (None: not
+        recorded; the run's config still holds the requested target).
+        """
         labels = [str(label) for label in labels]
         if not labels or len(set(labels)) != len(labels):
             raise StoreError(f"a run needs a non-empty list of distinct label names, got {labels!r}")
+        if target is not None and str(target) not in (*labels, "all"):
+            raise StoreError(f"run target {target!r} is not one of its labels ({', '.join(labels)}) or 'all'")
         run = Run(
             run_id=new_run_id(),
             created_at=now(),
@@ -58,6 +65,8 @@ class WritePath(StoreBase):
             seed=int(seed),
             labels=labels,
             timings=None,
+            target=None if target is None else str(target),
+            error=None,
         )
         with self._write() as s:
             s.add(run)
@@ -208,11 +217,18 @@ class WritePath(StoreBase):
             if found.rowcount == 0:
                 raise StoreError(f"unknown session id {session_id}")
 
-    def finish_run(self, run_id: str, *, status: str, timings: dict[str, Any] | None = None) -> None:
-        """Mark a run ``done``, ``failed`` or ``interrupted`` and store its timings."""
+    def finish_run(
+        self, run_id: str, *, status: str, timings: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        """Mark a run ``done``, ``failed`` or ``interrupted``; store its timings and, for a run
+        that stopped early, why (``error``, one line)."""
         if status not in RUN_STATUSES[1:]:
             raise StoreError(f"unknown run status {status!r}; valid: {', '.join(RUN_STATUSES[1:])}")
-        values = {"status": status, "finished_at": now()}
+        values = {
+            "status": status,
+            "finished_at": now(),
+            "error": None if error is None else str(error)[:MAX_ERROR_CHARS],
+        }
         if timings is not None:
             values["timings"] = jsonable(timings, "timings")
         with self._write() as s:
@@ -225,7 +241,7 @@ class WritePath(StoreBase):
         Sessions started but never finished are deleted with their steps, predictions and
         arrays (and, with ``retry_failed``, the failed ones too), so running every pair not
         returned gives a run with no duplicated and no lost sessions. The run is marked
-        ``running`` again.
+        ``running`` again (its ``error`` cleared).
         """
         stale_statuses = ["running", "failed"] if retry_failed else ["running"]
         with self._write() as s:
@@ -238,6 +254,18 @@ class WritePath(StoreBase):
                 for table in (Prediction, Step, Array):
                     s.execute(delete(table).where(table.session_id.in_(ids)))
                 s.execute(delete(Session).where(Session.id.in_(ids)))
-            s.execute(update(Run).where(Run.run_id == run_id).values(status="running", finished_at=None))
+            s.execute(
+                update(Run).where(Run.run_id == run_id).values(status="running", finished_at=None, error=None)
+            )
             done = s.execute(select(Session.image_id, Session.policy).where(Session.run_id == run_id))
             return {(image_id, policy) for image_id, policy in done}
+
+    def session_counts(self, run_id: str) -> dict[str, int]:
+        """``{status: number of sessions}`` of the whole run (every status present, e.g.
+        ``{"done": 40, "failed": 2}``), read from the database: true across resumed parts."""
+        with self._read() as conn:
+            self._check_run(conn, run_id)
+            rows = conn.execute(
+                select(Session.status, func.count()).where(Session.run_id == run_id).group_by(Session.status)
+            )
+            return {str(status): int(n) for status, n in rows}
