@@ -54,6 +54,9 @@ def open_dataset(
     split_seed: int = DEFAULT_SPLIT_SEED,
     skip_bad: bool = False,
     prevalence: float = 0.5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_symlinks: bool = False,
+    allow_modalities: tuple[str, ...] | list[str] = (),
 ) -> ImageDataset:
     """Open an image source as an :class:`~datasets.base.ImageDataset`.
 
@@ -68,8 +71,15 @@ def open_dataset(
         split_seed: file sources: seed of the train/val/test split (default
             :data:`~datasets.base.DEFAULT_SPLIT_SEED`, a constant; NIH with official lists: only the
             val part). Phantoms have none: each ``(seed, split)`` is its own generator stream.
-        skip_bad: skip (and list in ``ds.skipped``) bad files and label rows instead of raising.
+        skip_bad: skip (and list in ``ds.skipped``) bad files and label rows instead of raising;
+            also files that fail only when decoded (see :mod:`datasets.folder`).
         prevalence: phantoms only: fraction of images with at least one finding.
+        max_pixels: file sources: the largest declared image size decoded (pixels, all frames and
+            samples; default :data:`DEFAULT_MAX_PIXELS`), checked from the header before decoding.
+        allow_symlinks: file sources: follow symbolic links that point out of the data root
+            (refused by default).
+        allow_modalities: DICOM: modalities besides CR and DX to read anyway (with a warning),
+            e.g. ``("MG",)``.
 
     Raises:
         DatasetError: unknown source, missing data root, or bad input (names the file and reason).
@@ -88,20 +98,24 @@ def open_dataset(
         return PhantomDataset(split=split, size=size, n=n, seed=seed, prevalence=prevalence)
     if data_root is None:
         raise DatasetError(f"--images {images} needs a data root (--data-root PATH or ${DATA_ROOT_ENV})")
+    common = dict(
+        split=split,
+        size=size,
+        n=n,
+        seed=seed,
+        split_seed=split_seed,
+        skip_bad=skip_bad,
+        max_pixels=max_pixels,
+        allow_symlinks=allow_symlinks,
+    )
     if images == "nih":
         from datasets.nih import NIHDataset
 
-        return NIHDataset(
-            data_root, split=split, size=size, n=n, seed=seed, split_seed=split_seed, skip_bad=skip_bad
-        )
+        return NIHDataset(data_root, **common)
     if images == "dicom":
         from datasets.dicom import DicomDataset
 
-        return DicomDataset(
-            data_root, split=split, size=size, n=n, seed=seed, split_seed=split_seed, skip_bad=skip_bad
-        )
+        return DicomDataset(data_root, allow_modalities=tuple(allow_modalities), **common)
     from datasets.folder import FolderDataset
 
-    return FolderDataset(
-        data_root, split=split, size=size, n=n, seed=seed, split_seed=split_seed, skip_bad=skip_bad
-    )
+    return FolderDataset(data_root, **common)

@@ -34,11 +34,22 @@ class NIHDataset(FileDataset):
         dirs = [self.root, self.root / "images"]
         for d in sorted(self.root.glob("images_*")):
             dirs += [d, d / "images"]
-        out = []
+        out, seen = [], set()
         for d in dirs:
-            if d.is_dir():
-                with os.scandir(d) as it:
-                    out += [Path(e.path) for e in it if e.is_file() and e.name.lower().endswith(".png")]
+            if not d.is_dir() or os.path.realpath(d) in seen:
+                continue
+            if self.outside(d) is not None:  # a linked images folder outside the root
+                self._bad(self.outside(d), d)
+                continue
+            seen.add(os.path.realpath(d))
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.is_file() and e.name.lower().endswith(".png"):
+                        reason = self.outside(Path(e.path)) if e.is_symlink() else None
+                        if reason is not None:
+                            self._bad(reason, e.path)
+                        else:
+                            out.append(Path(e.path))
         return sorted(out)
 
     def default_csv(self) -> Path | None:

@@ -181,7 +181,9 @@ def test_not_dicom_and_corrupt_files(tmp_path):
         read_dicom(junk)
     good = write(tmp_path, "cut.dcm", np.zeros((64, 64), np.uint16))
     good.write_bytes(good.read_bytes()[:-3000])  # truncated pixel data
-    with pytest.raises(DatasetError, match=r"cut\.dcm: .*(corrupt|decode)"):
+    with pytest.raises(
+        DatasetError, match=r"cut\.dcm: truncated file: PixelData \(7FE0,0010\) declares 8,192"
+    ):
         read_dicom(good)
     with pytest.raises(DatasetError, match="not found"):
         read_dicom(tmp_path / "missing.dcm")
