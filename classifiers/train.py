@@ -1,48 +1,57 @@
 """Training of the AVP-CNN g on partial observations (appendix B.4 of 001_acb47c175b470c6b.txt).
 
-Each training example is an image with a mask from ``datasets.masks.classifier_masks`` (0-5
-squares of 25% width, count uniform), or fully observed (``p_full``) or fully hidden
-(``p_empty``); the loss is binary cross-entropy over the 15 outputs, ignoring NaN labels. AdamW
-with linear warm-up then cosine decay, optional EMA, gradient clipping and skipping of exploding
-updates (:func:`boed.runtime.training.train`). Every ``val_every`` steps the model (EMA weights
-when on) is validated on fixed masks of the validation split; the weights with the lowest
-validation loss are kept. At the end a temperature is fitted on the validation logits and the
-expected calibration error is reported before and after.
+The model-specific layer on :mod:`boed.runtime.training` (the loop: clipping, DDP-safe skipping
+of exploding updates, EMA, warm-up + cosine schedule) and :mod:`boed.runtime.data` (the
+streaming data path). Each training example is an image with a mask from
+``datasets.masks.classifier_masks`` (0-5 squares of 25% width, count uniform), or fully observed
+(``p_full``) or fully hidden (``p_empty``); the loss is binary cross-entropy over the labels,
+ignoring NaN labels. The labels are the training data's own label columns, or a chosen subset
+(``labels=``), stored in the checkpoint's config. Every ``val_every`` steps the model (EMA weights
+when on) is validated on fixed masks of an in-memory validation subset (``n_val`` images); the
+weights with the lowest validation loss are kept. At the end a temperature is fitted on the
+validation logits and the expected calibration error is reported before and after.
 
 Files written for ``--out CKPT``:
 
-- ``CKPT.safetensors`` + ``CKPT.json``: the best model, its temperature, config, data description,
-  metrics (the deliverable, loaded by :func:`classifiers.load_classifier`).
-- ``CKPT.state.safetensors`` + ``CKPT.state.json``: everything ``--resume`` needs (last weights,
-  AdamW moments, EMA, RNG states, progress, best weights so far) as tensors + JSON; never pickled.
+- ``CKPT.safetensors`` + ``CKPT.json``: the best model, its temperature, config (with the labels),
+  data description and provenance (``data``, ``trained_on``), metrics (the deliverable, loaded by
+  :func:`classifiers.load_classifier`).
+- ``CKPT.train.safetensors`` + ``CKPT.train.json``: the resume state (:mod:`boed.runtime.resume`):
+  last weights, AdamW moments, EMA, progress, best weights so far; never pickled.
 
-Runs under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU): every process draws
-its own batches (seed + rank), rank 0 validates and writes files.
+Runs under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU): every process reads
+its own shard of each epoch, rank 0 validates and writes files.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from boed.config import override, to_dict
-from boed.runtime.checkpoints import CheckpointError, checkpoint_paths, load_checkpoint, save_checkpoint
+from boed.runtime.checkpoints import CheckpointError, checkpoint_paths
+from boed.runtime.data import default_workers, image_loader, memory_subset, step_generator
 from boed.runtime.devices import init_distributed, resolve_device
-from boed.runtime.training import EMA, TrainState, train
+from boed.runtime.resume import load_resume, resume_path, save_resume
+from boed.runtime.schedule import warmup_cosine
+from boed.runtime.training import EMA, Every, Phase, TrainState, train
 from classifiers.avp_cnn import AVPCNN, init_from_imagenet
 from classifiers.config import ClassifierConfig, TrainConfig, classifier_preset, train_preset
 from classifiers.errors import ClassifierError
 from classifiers.metrics import auroc, expected_calibration_error, fit_temperature, masked_bce
 from classifiers.partial import PartialClassifier, config_from_dict, save_classifier
 
-STATE_KIND = "classifier-train-state"
+TRAINS = "classifier"
 VAL_SEED_OFFSET = 7919  # validation masks never share a stream with training masks
+MASK_STREAM = 1
 
 
 @dataclass
@@ -56,13 +65,11 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up for ``warmup_steps``, then cosine from 1 to ``min_lr_frac``."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    return config.min_lr_frac + (1 - config.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """Learning-rate factor of step ``s``: warm-up for ``warmup_steps``, cosine to ``min_lr_frac``."""
+    return lambda s: warmup_cosine(
+        s, steps=config.steps, warmup_steps=config.warmup_steps, final=config.min_lr_frac
+    )
 
 
 def training_masks(n: int, size: int, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -76,41 +83,46 @@ def training_masks(n: int, size: int, config: TrainConfig, generator: torch.Gene
     return masks
 
 
+def select_labels(data_labels: Sequence[str], wanted: Sequence[str] | None, what: str) -> list[int]:
+    """Column indices of ``wanted`` in ``data_labels`` (all columns when ``wanted`` is None)."""
+    data_labels = list(data_labels)
+    if wanted is None:
+        return list(range(len(data_labels)))
+    wanted = list(wanted)
+    if not wanted:
+        raise ClassifierError("--labels: give at least one label")
+    if len(set(wanted)) != len(wanted):
+        raise ClassifierError(f"--labels: a label is named twice in {', '.join(wanted)}")
+    missing = [x for x in wanted if x not in data_labels]
+    if missing:
+        raise ClassifierError(
+            f"--labels: {', '.join(missing)} not among the {what} data's labels ({', '.join(data_labels)})"
+        )
+    return [data_labels.index(x) for x in wanted]
+
+
 def batches(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    config: TrainConfig,
-    generator: torch.Generator,
-    *,
-    start_step: int = 0,
-    rank: int = 0,
-):
+    loader: Any, columns: list[int], config: TrainConfig, *, rank: int, start_step: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless ``(x, m, y)`` batches from step ``start_step`` on.
 
-    Epoch ``e`` visits the images in a permutation seeded by ``(seed, rank, e)``, so a resumed run
-    picks up in the middle of an epoch exactly; the masks are drawn from ``generator`` (whose state
-    the resume file holds).
+    ``loader`` yields ``{"img", "lab"}`` batches in the seeded epoch order of
+    :class:`boed.runtime.data.EpochBatches`; the masks of step ``s`` come from a generator seeded
+    by ``(seed, rank, s)``, so a resumed run sees exactly what the uninterrupted run saw.
     """
-    n, size = images.shape[0], images.shape[-1]
-    if n < 1:
-        raise ClassifierError("the training split is empty")
-    bs = min(config.batch_size, n)
-    per_epoch = n // bs
     step = start_step
-    while True:
-        epoch, k = divmod(step, per_epoch)
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + rank * 7_919 + epoch)
-        )
-        idx = order[k * bs : (k + 1) * bs]
-        yield images[idx], training_masks(len(idx), size, config, generator), labels[idx]
+    cols = torch.tensor(columns)
+    for batch in loader:
+        x = batch["img"]
+        g = step_generator(config.seed, rank, step, MASK_STREAM)
+        yield x, training_masks(len(x), x.shape[-1], config, g), batch["lab"].index_select(1, cols)
         step += 1
 
 
 class Validator:
     """Validation on fixed masks: classifier masks (as in training) and the full image."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str], config: TrainConfig):
         generator = torch.Generator().manual_seed(config.seed + VAL_SEED_OFFSET)
         from datasets.masks import classifier_masks
 
@@ -118,6 +130,7 @@ class Validator:
         self.images = torch.cat([images, images])
         self.masks = torch.cat([classifier_masks(n, size, generator), torch.ones(n, 1, size, size)])
         self.labels = torch.cat([labels, labels]).float()
+        self.names = list(names)
         self.n = n
 
     def logits(self, model: AVPCNN) -> torch.Tensor:
@@ -134,74 +147,57 @@ class Validator:
         return torch.cat(out)
 
     def metrics(self, logits: torch.Tensor, temperature: float = 1.0) -> dict[str, float]:
+        """Loss, mean AUROC over the labels (masked / full halves) and ECE over all labels."""
         z = logits / temperature
         probs = torch.sigmoid(z).numpy()
         lab = self.labels.numpy()
         n = self.n
+
+        def mean_auroc(rows: slice) -> float:
+            values = [auroc(probs[rows, j], lab[rows, j]) for j in range(len(self.names))]
+            values = [v for v in values if not math.isnan(v)]
+            return float(np.mean(values)) if values else math.nan
+
         return {
             "val_loss": float(masked_bce(z, self.labels)),
-            "val_auroc_any_masked": auroc(probs[:n, -1], lab[:n, -1]),
-            "val_auroc_any_full": auroc(probs[n:, -1], lab[n:, -1]),
+            "val_auroc_masked": mean_auroc(slice(0, n)),
+            "val_auroc_full": mean_auroc(slice(n, 2 * n)),
             "val_ece": expected_calibration_error(probs, lab),
         }
 
 
-# -- resume state as tensors + JSON ------------------------------------------------------------------
-def _state_path(out: Path) -> Path:
-    return out.with_name(out.name + ".state")
+def trained_on(train_set: Any, labels: Sequence[str], image_size: int) -> dict[str, Any]:
+    """The provenance record of a checkpoint (the same shape for every model)."""
+    d = describe(train_set)
+    return {
+        "source": d.get("source"),
+        "fingerprint": d.get("fingerprint"),
+        "split_seed": d.get("split_seed"),
+        "labels": list(labels),
+        "image_size": int(image_size),
+    }
 
 
-def _pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
-    tensors = {}
-    for pid, slots in sd["state"].items():
-        for name, value in slots.items():
-            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_train_state(
-    out: Path,
-    *,
-    model: AVPCNN,
-    optimizer: torch.optim.Optimizer,
-    ema: EMA | None,
-    best: dict[str, torch.Tensor] | None,
-    generator: torch.Generator,
-    state: TrainState,
-    extra: dict[str, Any],
-) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _pack_optimizer(optimizer)
-    tensors |= opt_tensors
-    if ema is not None:
-        tensors |= {f"ema.{k}": v for k, v in ema.module.state_dict().items()}
-    if best is not None:
-        tensors |= {f"best.{k}": v for k, v in best.items()}
-    tensors["rng.data"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"kind": STATE_KIND, "optimizer": opt_meta, "train_state": state.as_dict(), **extra}
-    save_checkpoint(_state_path(out), tensors, meta)
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+def describe(ds: Any) -> dict[str, Any]:
+    try:
+        return ds.describe()
+    except Exception:  # noqa: BLE001 - a description is informational
+        return {"type": type(ds).__name__, "n": len(ds) if hasattr(ds, "__len__") else None}
 
 
 # -- the run -------------------------------------------------------------------------------------------
-def _open_split(images: str, split: str, size: int, n: int | None, data_root, seed: int):
+def _open_split(images: str, split: str, size: int, n: int | None, data_root, seed: int, split_seed):
     from datasets import open_dataset
 
-    return open_dataset(images, split=split, size=size, n=n or None, data_root=data_root, seed=seed)
+    kw = {} if split_seed is None else {"split_seed": split_seed}
+    return open_dataset(images, split=split, size=size, n=n or None, data_root=data_root, seed=seed, **kw)
+
+
+def _check_images(split: str, x: torch.Tensor, size: int, preset: str) -> None:
+    if x.dim() != 4 or x.shape[1] != 1 or x.shape[-1] != size or x.shape[-2] != size:
+        raise ClassifierError(
+            f"{split} images are {tuple(x.shape)}; the {preset} classifier needs (n, 1, {size}, {size})"
+        )
 
 
 def train_classifier(
@@ -217,6 +213,9 @@ def train_classifier(
     train_overrides: dict[str, Any] | None = None,
     train_set: Any = None,
     val_set: Any = None,
+    labels: Sequence[str] | None = None,
+    split_seed: int | None = None,
+    workers: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> TrainResult | None:
@@ -224,24 +223,29 @@ def train_classifier(
 
     Args:
         preset: model and training preset (``cpu``, ``paper``, ``tiny``).
-        images, data_root: the data source, as for ``datasets.open_dataset``.
-        resume: continue from ``out``.state (config and data from there; ``steps`` may be raised).
+        images, data_root, split_seed: the data source, as for ``datasets.open_dataset``.
+        resume: continue from ``out``.train (config, labels and data from there; ``steps`` may
+            be raised).
         imagenet_weights: optional local ImageNet DenseNet-121 weights (see :func:`init_from_imagenet`).
         model_overrides, train_overrides: field overrides of the presets (unknown keys are errors).
-        train_set, val_set: ready datasets (anything with ``labels``, ``tensors()``, ``describe()``)
+        train_set, val_set: ready map-style datasets (``labels``, ``ds[i]``, ``describe()``)
             instead of opening ``images``.
+        labels: the classifier's outputs: a subset (any order) of the training data's label
+            columns; default: all of them.
+        workers: DataLoader worker processes (default: one per spare core, at most 4; 0: load
+            in this process).
         progress: show a rich progress bar (loss, img/s) on rank 0.
     """
     t_start = time.perf_counter()
-    out = Path(out)
-    if out.suffix in (".safetensors", ".json"):
-        out = out.with_suffix("")
+    out = checkpoint_paths(out)[0].with_suffix("")
     mcfg = override(classifier_preset(preset), **(model_overrides or {}))
     tcfg = override(train_preset(preset), **(train_overrides or {}))
+    if labels is None and (model_overrides or {}).get("labels") is not None:
+        labels = list(model_overrides["labels"])
     resumed = None
     if resume:
         try:
-            resumed = load_checkpoint(_state_path(out), kind=STATE_KIND)
+            resumed = load_resume(out, trains=TRAINS)
         except CheckpointError as exc:
             raise ClassifierError(f"--resume: {exc}") from exc
         mcfg = config_from_dict(resumed.meta["model_config"])
@@ -249,6 +253,7 @@ def train_classifier(
         saved.update({k: v for k, v in (train_overrides or {}).items() if k == "steps" and v is not None})
         tcfg = override(TrainConfig(), **{k: v for k, v in saved.items() if v is not None})
         images = resumed.meta.get("images", images)
+        labels = list(mcfg.labels)
 
     try:
         dev = resolve_device(device)
@@ -261,32 +266,29 @@ def train_classifier(
         dev = torch.device("cuda", dist.local_rank)
     say = log if dist.is_main else (lambda *_: None)
 
-    # data
+    # data: the label set comes from the training data (or is a chosen subset of it)
     if train_set is None:
-        train_set = _open_split(images, "train", mcfg.image_size, tcfg.n_train, data_root, tcfg.seed)
+        train_set = _open_split(
+            images, "train", mcfg.image_size, tcfg.n_train, data_root, tcfg.seed, split_seed
+        )
     if val_set is None:
-        val_set = _open_split(images, "val", mcfg.image_size, tcfg.n_val, data_root, tcfg.seed)
-    for split, ds in (("train", train_set), ("val", val_set)):
-        if tuple(ds.labels) != tuple(mcfg.labels):
-            raise ClassifierError(
-                f"{split} data labels {list(ds.labels)} do not match the classifier's {list(mcfg.labels)}"
-            )
-    x_train, y_train = train_set.tensors()
-    x_val, y_val = val_set.tensors()
-    for split, x in (("train", x_train), ("val", x_val)):
-        if (
-            x.dim() != 4
-            or x.shape[1] != 1
-            or x.shape[-1] != mcfg.image_size
-            or x.shape[-2] != mcfg.image_size
-        ):
-            raise ClassifierError(
-                f"{split} images are {tuple(x.shape)}; the {preset} classifier needs "
-                f"(n, 1, {mcfg.image_size}, {mcfg.image_size})"
-            )
+        val_set = _open_split(images, "val", mcfg.image_size, tcfg.n_val, data_root, tcfg.seed, split_seed)
+    train_cols = select_labels(train_set.labels, labels, "training")
+    names = [list(train_set.labels)[j] for j in train_cols]
+    val_cols = select_labels(val_set.labels, names, "validation")
+    mcfg = override(mcfg, labels=tuple(names))
+    if len(train_set) < 1:
+        raise ClassifierError("the training split is empty")
+    if len(val_set) < 1:
+        raise ClassifierError("the validation split is empty")
+    _check_images("train", train_set[0]["img"][None], mcfg.image_size, preset)
+    x_val, y_val = memory_subset(val_set, tcfg.n_val or None)
+    _check_images("val", x_val, mcfg.image_size, preset)
+    y_val = y_val[:, val_cols]
+    workers = default_workers() if workers is None else int(workers)
     say(
-        f"data: {len(x_train)} train, {len(x_val)} val images of {mcfg.image_size}px; device {dev}, "
-        f"world size {dist.world_size}"
+        f"data: {len(train_set)} train, {len(x_val)} val images of {mcfg.image_size}px, labels "
+        f"{', '.join(names)}; device {dev}, world size {dist.world_size}, {workers} loader workers"
     )
 
     # model, optimiser, schedule
@@ -301,34 +303,23 @@ def train_classifier(
     model.to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(model, tcfg.ema) if tcfg.ema > 0 else None
-    generator = torch.Generator().manual_seed(tcfg.seed * 1000 + dist.rank)
+    modules = {"model": model} | ({"ema": ema.module} if ema is not None else {})
     state = TrainState()
     best: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, float] = {"val_loss": math.inf}
     history: list[dict[str, float]] = []
     if resumed is not None:
-        t = {k: v.to(dev) for k, v in resumed.tensors.items()}
-        model.load_state_dict(_prefixed(t, "model."))
-        _unpack_optimizer(optimizer, t, resumed.meta["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(_prefixed(t, "ema."))
-        best = _prefixed(resumed.tensors, "best.") or None
-        generator.set_state(resumed.tensors["rng.data"])
-        torch.set_rng_state(resumed.tensors["rng.torch"])
-        ts = resumed.meta["train_state"]
-        state = TrainState(
-            step=ts["step"], skipped=ts["skipped"], images_seen=ts["images_seen"], seconds=ts["seconds"]
-        )
+        try:
+            resumed.restore(modules, {"adamw": optimizer})
+        except CheckpointError as exc:
+            raise ClassifierError(f"--resume: {exc}") from exc
+        best = resumed.best
+        state = resumed.state
         best_metrics = resumed.meta.get("best_metrics", best_metrics)
         history = resumed.meta.get("history", [])
-        say(f"resumed from {_state_path(out)} at step {state.step}")
+        say(f"resumed from {resume_path(out)} at step {state.step}")
         if state.step >= tcfg.steps:
             say(f"already at step {state.step} >= steps {tcfg.steps}; finishing")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, tcfg),
-        last_epoch=state.step - state.skipped - 1 if resumed is not None else -1,
-    )
     net: torch.nn.Module = model
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -337,23 +328,23 @@ def train_classifier(
 
     def loss_fn(batch):
         x, m, y = (t.to(dev, non_blocking=True) for t in batch)
-        logits = net(x, m)
-        return {"loss": masked_bce(logits, y)}
+        return {"loss": masked_bce(net(x, m), y)}
 
-    validator = Validator(x_val, y_val, tcfg) if dist.is_main else None
+    validator = Validator(x_val, y_val, names, tcfg) if dist.is_main else None
     eval_model = ema.module if ema is not None else model
+    provenance = trained_on(train_set, names, mcfg.image_size)
     run_meta = {
         "model_config": to_dict(mcfg),
         "train_config": to_dict(tcfg),
         "images": images,
         "preset": preset,
         "world_size": dist.world_size,
+        "trained_on": provenance,
     }
 
     def validate(st: TrainState, stats: dict[str, float]) -> None:
         nonlocal best, best_metrics
-        last = st.step >= tcfg.steps
-        if not dist.is_main or (st.step % tcfg.val_every and not last):
+        if not dist.is_main:
             return
         metrics = validator.metrics(validator.logits(eval_model))
         record = {"step": st.step, "train_loss": stats.get("loss", math.nan), **metrics}
@@ -362,23 +353,23 @@ def train_classifier(
         if improved:
             best = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
             best_metrics = {**metrics, "step": st.step}
-        save_train_state(
+        save_resume(
             out,
-            model=model,
-            optimizer=optimizer,
-            ema=ema,
-            best=best,
-            generator=generator,
+            trains=TRAINS,
+            modules=modules,
+            optimizers={"adamw": optimizer},
             state=st,
-            extra=run_meta | {"best_metrics": best_metrics, "history": history},
+            seed=tcfg.seed,
+            best=best,
+            meta=run_meta | {"best_metrics": best_metrics, "history": history},
         )
         say(
             f"step {st.step}: train loss {record['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
-            f"AUROC(Any) masked {metrics['val_auroc_any_masked']:.3f} "
-            f"full {metrics['val_auroc_any_full']:.3f}" + (" *" if improved else "")
+            f"mean AUROC masked {metrics['val_auroc_masked']:.3f} "
+            f"full {metrics['val_auroc_full']:.3f}" + (" *" if improved else "")
         )
 
-    callbacks = [validate]
+    callbacks: list[Any] = [Every(tcfg.val_every, validate, last=tcfg.steps)]
     bar = None
     if progress and dist.is_main:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -402,25 +393,32 @@ def train_classifier(
 
         callbacks.insert(0, show)
 
+    phase = Phase(
+        loss_fn,
+        optimizer,
+        schedule=lr_schedule(tcfg),
+        grad_clip=tcfg.grad_clip,
+        skip_threshold=tcfg.skip_threshold,
+        ema=ema,
+    )
+    loader = image_loader(
+        train_set,
+        batch_size=tcfg.batch_size,
+        seed=tcfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        start_step=state.step,
+        workers=workers,
+        pin_memory=dev.type == "cuda",
+    )
     model.train()
+    stream = batches(loader, train_cols, tcfg, rank=dist.rank, start_step=state.step)
     try:
         if bar is not None:
             bar.start()
-        state = train(
-            loss_fn,
-            model.parameters(),
-            optimizer,
-            batches(x_train, y_train, tcfg, generator, start_step=state.step, rank=dist.rank),
-            tcfg.steps,
-            state=state,
-            scheduler=scheduler,
-            grad_clip=tcfg.grad_clip,
-            skip_threshold=tcfg.skip_threshold,
-            ema=ema,
-            ema_model=model,
-            callbacks=callbacks,
-        )
+        state = train(phase, stream, tcfg.steps, state=state, seed=tcfg.seed, callbacks=callbacks)
     finally:
+        stream.close()  # stops the loader's workers
         if bar is not None:
             bar.stop()
     if not dist.is_main:
@@ -436,8 +434,7 @@ def train_classifier(
     from classifiers.evaluate import evaluate_classifier
 
     clf = PartialClassifier(final, temperature=temperature)
-    val_eval = evaluate_classifier(clf, x_val, y_val, label_names=mcfg.labels, seed=tcfg.seed)
-    final = final.to(memory_format=torch.contiguous_format)
+    val_eval = evaluate_classifier(clf, x_val, y_val, label_names=names, seed=tcfg.seed)
     seconds = time.perf_counter() - t_start
     metrics = {
         "selected_step": best_metrics.get("step"),
@@ -457,19 +454,21 @@ def train_classifier(
         "imagenet_weights": str(imagenet_weights) if imagenet_weights else None,
         "history": history,
         "torch": torch.__version__,
+        "loader_workers": workers,
     }
-    data = {"train": _describe(train_set), "val": _describe(val_set), "images": images}
-    path = save_classifier(out, final, temperature=temperature, data=data, metrics=metrics, training=training)
-    meta = __import__("json").loads(checkpoint_paths(out)[1].read_text())
+    data = {"train": describe(train_set), "val": describe(val_set), "images": images}
+    path = save_classifier(
+        out,
+        final,
+        temperature=temperature,
+        data=data,
+        metrics=metrics,
+        training=training,
+        extra={"trained_on": provenance},
+    )
+    meta = json.loads(checkpoint_paths(out)[1].read_text())
     say(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {seconds:.0f} s")
     return TrainResult(checkpoint=path, meta=meta, seconds=seconds, state=state, history=history)
-
-
-def _describe(ds: Any) -> dict[str, Any]:
-    try:
-        return ds.describe()
-    except Exception:  # noqa: BLE001 - a description is informational
-        return {"type": type(ds).__name__, "n": len(ds) if hasattr(ds, "__len__") else None}
 
 
 def build_model(preset: str = "cpu", **overrides: Any) -> AVPCNN:

@@ -1,40 +1,56 @@
 """Training of the AIPO / AIPO-R samplers and their unconditional VAE (model code is in aipo.py).
 
-:func:`train_sampler` drives ``boed.runtime.training.train`` (gradient clipping, update skipping
-above a threshold with the count logged, the all-skipped guard, EMA of the weights): batches of
-in-memory images, masks from the AIPO mask distribution (``datasets.masks.aipo_masks``: 0–5
-squares of side 35 %, §4 of 001_acb47c175b470c6b.txt), a linear warm-up then cosine decay of the
-learning rate to a tenth, periodic validation of the EMA weights, and two checkpoints:
+The model-specific layer on :mod:`boed.runtime.training` (gradient clipping, DDP-safe skipping of
+updates above a threshold with the count logged, the all-skipped guard, EMA of the weights with a
+warm-up) and :mod:`boed.runtime.data` (the streaming data path: DataLoader workers decode and
+resize images one by one, a seeded epoch order, one shard per rank). Masks come from the AIPO
+mask distribution (``datasets.masks.aipo_masks``: 0–5 squares of side 35 %, §4 of
+001_acb47c175b470c6b.txt), drawn per batch from a generator seeded by ``(seed, rank, step)``; the
+learning rate warms up linearly then decays by a cosine to a tenth; the EMA weights are validated
+periodically on an in-memory subset of ``val_images`` validation images. Two checkpoints:
 
 * ``OUT`` (kind ``sampler``): the EMA weights only, what :func:`generative.registry.build_sampler`
-  loads; the JSON holds the resolved config, the data description, validation metrics and the
-  training state.
-* ``OUT.train`` (kind ``sampler-train``): raw weights, EMA, Adam state and progress, for ``--resume``.
+  loads; the JSON holds the resolved config, the data description (``data``) and provenance
+  (``trained_on``), validation metrics and the training state.
+* ``OUT.train`` (kind ``train-state``, :mod:`boed.runtime.resume`): raw weights, EMA, AdamW state
+  and progress, for ``--resume`` (bit-exact: the run continues as if never stopped).
 
-Runs under ``torchrun``: each rank draws its own batches (seed + rank), gradients are averaged by
-DDP, rank 0 validates and writes the checkpoints.
+Runs under ``torchrun``: each rank reads its own shard, gradients are averaged by DDP, rank 0
+validates and writes the checkpoints.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from boed.config import to_dict
-from boed.runtime.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
+from boed.runtime.checkpoints import CheckpointError, save_checkpoint
+from boed.runtime.data import (
+    TensorImages,
+    default_workers,
+    image_loader,
+    memory_subset,
+    step_generator,
+)
 from boed.runtime.devices import DistInfo
-from boed.runtime.training import EMA, TrainState, train
+from boed.runtime.resume import load_resume, resume_path, save_resume
+from boed.runtime.schedule import ema_warmup, warmup_cosine
+from boed.runtime.training import EMA, Every, Phase, TrainState, train
 from generative.aipo import AIPO
 from generative.checkpoint import load_model
 from generative.config import AIPOConfig
 from generative.errors import SamplerError
 
+TRAINS = "sampler"
+MASK_STREAM = 1
+FINAL_LR_FACTOR = 0.1  # cosine decay to a tenth of the peak learning rate
 SAMPLER_FOR_OBJECTIVE = {
     "vae": "vae",
     "aipo": "aipo",
@@ -47,7 +63,7 @@ MaskFn = Callable[[int, int, torch.Generator], torch.Tensor]
 
 @dataclass
 class TrainOptions:
-    """How to run (not what the model is): paths, seeds, cadence."""
+    """How to run (not what the model is): paths, seeds, cadence, loader workers."""
 
     out: Path
     seed: int = 0
@@ -58,12 +74,13 @@ class TrainOptions:
     val_every: int = 250
     ckpt_every: int = 250
     val_images: int = 128
-    data: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = None  # DataLoader workers (None: one per spare core, at most 4)
     command: str = ""
 
 
 def train_state_path(out: Path) -> Path:
-    return Path(str(checkpoint_paths(out)[0].with_suffix("")) + ".train")
+    """The resume pair's stem, ``OUT.train`` (:func:`boed.runtime.resume.resume_path`)."""
+    return resume_path(out)
 
 
 def default_masks() -> MaskFn:
@@ -72,46 +89,43 @@ def default_masks() -> MaskFn:
     return aipo_masks
 
 
-def lr_at(config: AIPOConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to a tenth at ``steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    frac = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+def lr_schedule(config: AIPOConfig) -> Callable[[int], float]:
+    """Learning-rate factor of step ``s``: linear warm-up, then cosine decay to a tenth."""
+    return lambda s: warmup_cosine(
+        s, steps=config.steps, warmup_steps=config.warmup_steps, final=FINAL_LR_FACTOR
+    )
 
 
-def ema_decay_at(config: AIPOConfig, step: int) -> float:
-    """EMA decay with a warm-up, min(rate, (1 + t) / (10 + t)): early checkpoints are not the init."""
-    return min(config.ema_rate, (1.0 + step) / (10.0 + step))
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    tensors = {f"optim.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, groups
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def trained_on(train_set: Any, image_size: int) -> dict[str, Any]:
+    """The provenance record of a checkpoint (the same shape as the classifier's)."""
+    d = _describe(train_set)
+    return {
+        "source": d.get("source"),
+        "fingerprint": d.get("fingerprint"),
+        "split_seed": d.get("split_seed"),
+        "labels": list(d.get("labels") or getattr(train_set, "labels", ()) or ()),
+        "image_size": int(image_size),
+    }
 
 
 def sampler_meta(
-    config: AIPOConfig, state: TrainState, options: TrainOptions, metrics: dict
+    config: AIPOConfig,
+    state: TrainState,
+    options: TrainOptions,
+    metrics: dict,
+    *,
+    data: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The JSON of a ``sampler`` checkpoint (``data`` = the train/val descriptions)."""
     return {
         "kind": "sampler",
         "sampler": SAMPLER_FOR_OBJECTIVE[config.objective],
         "model": "aipo-hvae",
         "config": to_dict(config),
         "image_size": config.image_size,
-        "data": options.data,
+        "data": data or {},
+        "trained_on": provenance or {},
         "metrics": metrics,
         "training": state.as_dict()
         | {
@@ -122,10 +136,44 @@ def sampler_meta(
     }
 
 
+def _as_dataset(images: Any, what: str) -> Any:
+    if torch.is_tensor(images):
+        return TensorImages(images, source=what)
+    return images
+
+
+def _describe(ds: Any) -> dict[str, Any]:
+    try:
+        return ds.describe()
+    except Exception:  # noqa: BLE001 - a description is informational
+        return {"type": type(ds).__name__, "n": len(ds) if hasattr(ds, "__len__") else None}
+
+
+def _build_model(config: AIPOConfig, options: TrainOptions, device: torch.device) -> AIPO:
+    model = AIPO(config).to(device, memory_format=torch.channels_last)  # ~1.5x faster convs on CPU
+    if options.pretrained_vae is None:
+        return model
+    # §3.2: a trained unconditional VAE, only the partial encoder learns
+    if config.objective.startswith("vae"):
+        raise SamplerError("with --pretrained-vae the objective must be aipo or aipo-r (the VAE is frozen)")
+    base, _ = load_model(options.pretrained_vae, str(device))
+    base_arch, arch = (replace(c.arch(), grad_checkpoint=False) for c in (base.config, config))
+    if base_arch != arch:
+        raise SamplerError(
+            f"{options.pretrained_vae}: its architecture differs from preset {config.preset!r}"
+        )
+    model.vae.load_state_dict(base.vae.state_dict())
+    init = options.init_partial_from_encoder
+    if init if init is not None else config.objective == "aipo-r":
+        model.init_partial_from_encoder()
+    model.freeze_vae()
+    return model
+
+
 def train_sampler(
     config: AIPOConfig,
-    images: torch.Tensor,
-    val: torch.Tensor,
+    train_set: Any,
+    val_set: Any,
     options: TrainOptions,
     *,
     dist: DistInfo | None = None,
@@ -133,138 +181,145 @@ def train_sampler(
     log: Callable[[str], None] = print,
     callbacks: list[Callable[[TrainState, dict[str, float]], None]] | None = None,
 ) -> tuple[AIPO, TrainState, dict[str, float]]:
-    """Train ``config`` on ``images`` ``(N, 1, S, S)``, validate on ``val``.
+    """Train ``config`` on ``train_set``, validate on the first ``val_images`` of ``val_set``.
 
+    ``train_set``/``val_set`` are map-style datasets (``ds[i]["img"]`` ``(1, S, S)``, e.g.
+    ``datasets.open_dataset(...)``) or in-memory tensors ``(N, 1, S, S)``.
     Returns the EMA model, the final training state and the last validation metrics.
     """
     dist = dist or DistInfo()
     mask_fn = mask_fn or default_masks()
     device = torch.device(options.device)
     size = config.image_size
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
+    train_set, val_set = _as_dataset(train_set, "tensor"), _as_dataset(val_set, "tensor")
+    if len(train_set) < 1:
+        raise SamplerError("the training split is empty")
+    first = torch.as_tensor(train_set[0]["img"])
+    if tuple(first.shape) != (1, size, size):
         raise SamplerError(
             f"training images must be (N, 1, {size}, {size}) for preset {config.preset!r}, "
-            f"got {tuple(images.shape)}"
+            f"got items of {tuple(first.shape)}"
         )
-    torch.manual_seed(options.seed + dist.rank)
-    model = AIPO(config).to(device, memory_format=torch.channels_last)  # ~1.5x faster convs on CPU
-    state = TrainState()
-    opt_blob: tuple[dict, list] | None = None
-    pretrained = options.pretrained_vae is not None
-    if pretrained:  # §3.2: a trained unconditional VAE, only the partial encoder learns
-        base, meta = load_model(options.pretrained_vae, options.device)
-        base_arch, arch = (replace(c.arch(), grad_checkpoint=False) for c in (base.config, config))
-        if base_arch != arch:
-            raise SamplerError(
-                f"{options.pretrained_vae}: its architecture differs from preset {config.preset!r}"
-            )
-        model.vae.load_state_dict(base.vae.state_dict())
-        init = options.init_partial_from_encoder
-        if init if init is not None else config.objective == "aipo-r":
-            model.init_partial_from_encoder()
-        model.freeze_vae()
-        if config.objective.startswith("vae"):
-            raise SamplerError(
-                "with --pretrained-vae the objective must be aipo or aipo-r (the VAE is frozen)"
-            )
-    ema = EMA(model, ema_decay_at(config, state.step))
-    if options.resume:
-        path = train_state_path(options.out)
-        ckpt = load_checkpoint(path, kind="sampler-train", device=options.device)
-        model.load_state_dict({k[6:]: v for k, v in ckpt.tensors.items() if k.startswith("model.")})
-        ema.module.load_state_dict({k[4:]: v for k, v in ckpt.tensors.items() if k.startswith("ema.")})
-        st = ckpt.meta["state"]
-        state = TrainState(
-            step=st["step"], skipped=st["skipped"], images_seen=st["images_seen"], seconds=st["seconds"]
-        )
-        opt_blob = ({k: v for k, v in ckpt.tensors.items() if k.startswith("optim.")}, ckpt.meta["optimizer"])
-        log(f"resumed from {path} at step {state.step}")
+    val, _ = memory_subset(val_set, options.val_images)
+    if len(val) == 0:
+        raise SamplerError("the validation split is empty")
+
+    torch.manual_seed(options.seed)
+    model = _build_model(config, options, device)
+    ema = EMA(model, lambda s: ema_warmup(s, config.ema_rate))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
-        params,
-        lr=lr_at(config, state.step),
-        weight_decay=config.weight_decay,
-        betas=(config.adam_beta1, config.adam_beta2),
+        params, lr=config.lr, weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2)
     )
-    if opt_blob is not None:
-        _load_optimizer(opt, *opt_blob)
+    modules = {"model": model, "ema": ema.module}
+    state = TrainState()
+    if options.resume:
+        try:
+            resumed = load_resume(options.out, trains=TRAINS, device=device)
+            resumed.restore(modules, {"adamw": opt})
+        except CheckpointError as exc:
+            raise SamplerError(f"--resume: {exc}") from exc
+        now = json.loads(json.dumps(to_dict(replace(config, steps=resumed.meta["config"]["steps"]))))
+        if resumed.meta.get("config") != now:
+            raise SamplerError(
+                f"--resume: {resumed.path} was trained with another config (only --steps may change)"
+            )
+        state = resumed.state
+        log(f"resumed from {resumed.path} at step {state.step}")
     net: torch.nn.Module = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, find_unused_parameters=True)
 
-    gen = torch.Generator().manual_seed(options.seed * 1000 + dist.rank + 1 + state.step)
-    images = images.contiguous()
+    workers = default_workers() if options.workers is None else int(options.workers)
+    loader = image_loader(
+        train_set,
+        batch_size=config.batch_size,
+        seed=options.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        start_step=state.step,
+        workers=workers,
+        pin_memory=device.type == "cuda",
+    )
 
-    def batches():
-        while True:
-            idx = torch.randint(len(images), (config.batch_size,), generator=gen)
-            x = images[idx]
-            m = mask_fn(config.batch_size, size, gen)
-            cl = torch.channels_last
+    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        step = start
+        cl = torch.channels_last
+        for batch in loader:
+            x = batch["img"]
+            m = mask_fn(len(x), size, step_generator(options.seed, dist.rank, step, MASK_STREAM))
             yield x.to(device).contiguous(memory_format=cl), m.to(device).contiguous(memory_format=cl)
+            step += 1
 
-    vgen = torch.Generator().manual_seed(12345)
-    val = val[: options.val_images]
-    val_masks = mask_fn(len(val), size, vgen)
+    val_masks = mask_fn(len(val), size, torch.Generator().manual_seed(12345))
     metrics: dict[str, float] = {}
+    data = {"train": _describe(train_set), "val": _describe(val_set)}
+    provenance = trained_on(train_set, size)
 
     def validate() -> dict[str, float]:
         ema.module.eval()
+        rng = torch.get_rng_state()
+        torch.manual_seed(options.seed + 12345)  # the same latent draws at every validation
+        out: dict[str, list[float]] = {}
         with torch.no_grad():
-            out: dict[str, list[float]] = {}
             for i in range(0, len(val), 64):
-                stats = ema.module.losses(
-                    val[i : i + 64].to(device), val_masks[i : i + 64].to(device), config.objective
-                )
-                for k, v in stats.items():
-                    out.setdefault(k, []).append(float(v) * len(val[i : i + 64]))
+                xv, mv = val[i : i + 64].to(device), val_masks[i : i + 64].to(device)
+                for k, v in ema.module.losses(xv, mv, config.objective).items():
+                    out.setdefault(k, []).append(float(v) * len(xv))
+        torch.set_rng_state(rng)
         return {f"val_{k}": sum(v) / len(val) for k, v in out.items()}
 
-    def save(final: bool = False) -> None:
+    def save(st: TrainState) -> None:
         if not dist.is_main:
             return
-        save_checkpoint(options.out, ema.module.tensors(), sampler_meta(config, state, options, metrics))
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors |= {f"ema.{k}": v for k, v in ema.module.state_dict().items()}
-        opt_tensors, groups = _optimizer_tensors(opt)
-        meta = {
-            "kind": "sampler-train",
-            "config": to_dict(config),
-            "state": state.as_dict(),
-            "optimizer": groups,
-        }
-        save_checkpoint(train_state_path(options.out), tensors | opt_tensors, meta)
+        meta = sampler_meta(config, st, options, metrics, data=data, provenance=provenance)
+        save_checkpoint(options.out, ema.module.tensors(), meta)
+        save_resume(
+            options.out,
+            trains=TRAINS,
+            modules=modules,
+            optimizers={"adamw": opt},
+            state=st,
+            seed=options.seed,
+            meta={"config": to_dict(config), "data": data, "trained_on": provenance},
+        )
 
-    def on_step(st: TrainState, stats: dict[str, float]) -> None:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(config, st.step)
-        ema.decay = ema_decay_at(config, st.step)
-        if dist.is_main and (st.step % options.val_every == 0 or st.step == config.steps):
+    def on_validate(st: TrainState, _stats: dict[str, float]) -> None:
+        if dist.is_main:
             metrics.clear()
             metrics.update(validate())
             log(f"step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if st.step % options.ckpt_every == 0 and st.step < config.steps:
-            save()
 
-    model.train()
-    t0 = time.perf_counter()
-    state = train(
+    phase = Phase(
         lambda b: net(b[0], b[1], config.objective),
-        params,
         opt,
-        batches(),
-        config.steps,
-        state=state,
+        schedule=lr_schedule(config),
         grad_clip=config.grad_clip,
         skip_threshold=config.skip_threshold,
         ema=ema,
-        ema_model=model,
-        callbacks=[on_step, *(callbacks or [])],
     )
+    model.train()
+    t0 = time.perf_counter()
+    stream = batches(state.step)
+    try:
+        state = train(
+            phase,
+            stream,
+            config.steps,
+            state=state,
+            seed=options.seed,
+            callbacks=[
+                Every(options.val_every, on_validate, last=config.steps),
+                Every(options.ckpt_every, lambda st, _: save(st) if st.step < config.steps else None),
+                *(callbacks or []),
+            ],
+        )
+    finally:
+        stream.close()  # stops the loader's workers
     if not metrics and dist.is_main:
         metrics.update(validate())
-    save(final=True)
+    save(state)
     log(f"trained {state.step} steps in {time.perf_counter() - t0:.0f} s ({state.skipped} skipped updates)")
     return ema.module, state, metrics

@@ -2,24 +2,46 @@
 
 A checkpoint ``NAME`` is two files: ``NAME.safetensors`` (tensors only) and ``NAME.json``::
 
-    {"format": "boed-checkpoint/1", "kind": "classifier" | "sampler" | ...,
+    {"format": "boed-checkpoint/1", "kind": "classifier" | "sampler" | "train-state" | ...,
      "sha256": "<hex digest of the safetensors file>", "config": {...}, ...anything else}
 
 The digest is checked on every load, so a truncated or tampered file gives a clear error.
 ``path`` arguments may name either file or the common stem.
+
+Saving a pair atomically
+------------------------
+Two files cannot be renamed in one atomic step, so :func:`save_checkpoint` keeps the previous
+good pair reachable until the new one is complete:
+
+1. the new weights and the new JSON are written to temporary files in the same folder (fsync'd);
+2. if ``NAME`` already holds a pair whose digest verifies, it is hard-linked (copied where links
+   are not supported) to ``NAME.prev.safetensors`` + ``NAME.prev.json`` — the JSON first;
+3. the new weights are renamed onto ``NAME.safetensors``, then the new JSON onto ``NAME.json``;
+4. the ``NAME.prev.*`` pair is removed (and so are temporary files left by a killed save, at the
+   start of the next save).
+
+Whatever the point at which the process dies, one verifying pair remains: before step 3 the old
+``NAME`` pair is untouched; between the two renames of step 3 ``NAME.json`` still describes the old
+weights while ``NAME.safetensors`` is new, and :func:`load_checkpoint` then falls back to the
+verifying ``NAME.prev`` pair (with a warning); after step 3 ``NAME`` is the new pair. A save that
+finds ``NAME`` inconsistent keeps the existing ``NAME.prev`` pair (it is the good one). Pairs
+written before this scheme (e.g. the shipped weights) are plain ``NAME`` pairs and load as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FORMAT = "boed-checkpoint/1"
+log = logging.getLogger("boed.runtime.checkpoints")
 
 
 class CheckpointError(ValueError):
@@ -51,6 +73,12 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
+def previous_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(weights, sidecar)`` of the previous pair kept while a save of ``path`` is under way."""
+    weights, _ = checkpoint_paths(path)
+    return checkpoint_paths(weights.with_name(weights.with_suffix("").name + ".prev"))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -59,34 +87,86 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file next to ``path`` (flushed to disk, ordinary permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pair_verifies(weights: Path, sidecar: Path) -> bool:
+    try:
+        meta = json.loads(sidecar.read_text())
+        return isinstance(meta, dict) and weights.is_file() and sha256_file(weights) == meta.get("sha256")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` (name -> torch.Tensor) and ``meta`` (JSON-able); return the weights path.
 
-    Both files are written atomically (temporary file + rename), weights first, so an
-    interrupted save never leaves a sidecar that names weights which are not there.
+    The pair is replaced atomically in the sense of the module docstring: a process killed at
+    any point leaves either the previous or the new pair loadable.
     """
     from safetensors.torch import save
 
     weights, sidecar = checkpoint_paths(path)
+    prev_weights, prev_sidecar = previous_paths(path)
     blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    _atomic_write_bytes(weights, blob)
     record = {"format": FORMAT, **meta, "sha256": hashlib.sha256(blob).hexdigest()}
-    _atomic_write_bytes(sidecar, (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+    text = (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode()
+    for stale in [*weights.parent.glob(f".{weights.name}.*"), *weights.parent.glob(f".{sidecar.name}.*")]:
+        stale.unlink(missing_ok=True)  # temporary files of a save that was killed
+    tmp_weights = _write_temp(weights, blob)
+    tmp_sidecar = None
+    try:
+        tmp_sidecar = _write_temp(sidecar, text)
+        if sidecar.is_file() and _pair_verifies(weights, sidecar):
+            _link_or_copy(sidecar, prev_sidecar)
+            _link_or_copy(weights, prev_weights)
+            _fsync_dir(weights.parent)
+        os.replace(tmp_weights, weights)
+        os.replace(tmp_sidecar, sidecar)
+    except BaseException:
+        tmp_weights.unlink(missing_ok=True)
+        if tmp_sidecar is not None:
+            tmp_sidecar.unlink(missing_ok=True)
+        raise
+    _fsync_dir(weights.parent)
+    prev_weights.unlink(missing_ok=True)
+    prev_sidecar.unlink(missing_ok=True)
     return weights
 
 
@@ -105,7 +185,11 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, device: str = "cpu") -> Checkpoint:
-    """Load and verify a checkpoint; ``kind`` (if given) must match the sidecar's ``kind``."""
+    """Load and verify a checkpoint; ``kind`` (if given) must match the sidecar's ``kind``.
+
+    When the ``NAME`` pair does not verify but a ``NAME.prev`` pair left by an interrupted save
+    does, that previous pair is loaded (and a warning logged).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -113,11 +197,20 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, device: st
     meta = read_meta(path)
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(f"{sidecar}: is a {meta.get('kind')!r} checkpoint, expected {kind!r}")
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: checkpoint weights file not found")
-    blob = weights.read_bytes()
-    actual = hashlib.sha256(blob).hexdigest()
+    blob = weights.read_bytes() if weights.is_file() else None
+    actual = hashlib.sha256(blob).hexdigest() if blob is not None else None
     if actual != meta["sha256"]:
+        prev_weights, prev_sidecar = previous_paths(path)
+        if prev_sidecar.is_file() and _pair_verifies(prev_weights, prev_sidecar):
+            log.warning(
+                "%s: does not match %s (a save was interrupted); loading the previous pair %s",
+                weights,
+                sidecar.name,
+                prev_weights.name,
+            )
+            return load_checkpoint(prev_weights, kind=kind, device=device)
+        if blob is None:
+            raise CheckpointError(f"{weights}: checkpoint weights file not found")
         raise CheckpointError(
             f"{weights}: sha256 mismatch (file {actual[:12]}…, metadata {meta['sha256'][:12]}…): "
             "the weights are truncated, corrupt or were changed after saving"

@@ -1,4 +1,4 @@
-"""Training: a tiny run end to end, reproducibility, resume, schedule, bad data, DDP."""
+"""Training: a tiny run end to end, reproducibility, bit-exact resume, labels, provenance, DDP."""
 
 import json
 import math
@@ -15,21 +15,40 @@ from fakes import FakeDataset
 from boed.runtime.checkpoints import load_checkpoint
 from classifiers import ClassifierError, load_classifier
 from classifiers.config import TrainConfig
-from classifiers.train import lr_factor, train_classifier, training_masks
+from classifiers.train import lr_schedule, train_classifier, training_masks
 
 QUIET = {"log": lambda *_: None}
 
 
-def _train(out, train, val, **overrides):
+def _train(out, train, val, labels=None, **overrides):
     return train_classifier(
         out,
         preset="tiny",
         device="cpu",
         train_set=train,
         val_set=val,
+        labels=labels,
+        workers=0,
         train_overrides={"steps": 8, "val_every": 4, **overrides},
         **QUIET,
     )
+
+
+class OwnLabels(torch.utils.data.Dataset):
+    """A FakeDataset whose label columns are its own: ``spot`` (finding 0), ``other``, ``any``."""
+
+    def __init__(self, base: FakeDataset, names=("spot", "other", "any"), columns=(0, 1, -1)):
+        self.base, self.labels, self.columns = base, tuple(names), list(columns)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[i]
+        return item | {"lab": item["lab"][self.columns]}
+
+    def describe(self):
+        return {"source": "own", "fingerprint": "f" * 64, "split": "train", "split_seed": 5, "n": len(self)}
 
 
 def test_tiny_run_writes_a_complete_checkpoint(tiny_checkpoint):
@@ -43,7 +62,15 @@ def test_tiny_run_writes_a_complete_checkpoint(tiny_checkpoint):
     names = [c["name"] for c in metrics["val_evaluation"]["conditions"]]
     assert names == [f"{k} squares" for k in range(6)] + ["full"]
     assert meta["training"]["state"]["step"] == 12 and len(meta["training"]["history"]) == 2
-    assert Path(f"{tiny_checkpoint}.state.json").exists()
+    assert (
+        Path(f"{tiny_checkpoint}.train.json").exists()
+        and Path(f"{tiny_checkpoint}.train.safetensors").exists()
+    )
+    assert not Path(f"{tiny_checkpoint}.state.json").exists()
+    assert meta["labels"] == list(meta["config"]["labels"]) == list(FakeDataset().labels)
+    assert set(meta["data"]) >= {"train", "val"}
+    assert set(meta["trained_on"]) == {"source", "fingerprint", "split_seed", "labels", "image_size"}
+    assert meta["trained_on"]["source"] == "fake" and meta["trained_on"]["image_size"] == 32
 
 
 def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path, fake_train, fake_val):
@@ -77,12 +104,50 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path, fake_trai
         train_overrides={"steps": 8},
         **QUIET,
     )
-    wa = load_checkpoint(tmp_path / "a.state").tensors
-    wc = load_checkpoint(tmp_path / "c.state").tensors
-    for key in wa:
-        if key.startswith(("model.", "optim.")):
-            assert torch.allclose(wa[key].float(), wc[key].float(), atol=1e-6), key
+    wa = load_checkpoint(tmp_path / "a.train").tensors
+    wc = load_checkpoint(tmp_path / "c.train").tensors
+    assert set(wa) == set(wc) and any(k.startswith("optim.") for k in wa)
+    for key in wa:  # bit-exact: weights, AdamW moments, best weights
+        assert torch.equal(wa[key], wc[key]), key
+    assert c.meta["sha256"] == a.meta["sha256"]
     assert c.meta["training"]["state"]["step"] == 8
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_kill_between_the_two_writes_of_the_resume_pair(tmp_path, fake_train, fake_val, monkeypatch):
+    """The save at step 8 dies after the weights rename: --resume continues from step 4, exactly."""
+    from boed.runtime import checkpoints
+
+    real, saves = os.replace, []
+
+    def replace(src, dst):
+        real(src, dst)
+        if str(dst).endswith("k.train.safetensors"):
+            saves.append(dst)
+            if len(saves) == 2:
+                raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints.os, "replace", replace)
+        with pytest.raises(_Killed):
+            _train(tmp_path / "k", fake_train, fake_val)
+    resumed = train_classifier(
+        tmp_path / "k",
+        preset="tiny",
+        device="cpu",
+        train_set=fake_train,
+        val_set=fake_val,
+        resume=True,
+        workers=0,
+        train_overrides={"steps": 8},
+        **QUIET,
+    )
+    assert resumed.history[0]["step"] == 4 and len(resumed.history) == 2  # step 8 was redone
+    straight = _train(tmp_path / "s", fake_train, fake_val)
+    assert resumed.meta["sha256"] == straight.meta["sha256"]
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path, fake_train, fake_val):
@@ -95,10 +160,42 @@ def test_resume_without_state_is_a_clear_error(tmp_path, fake_train, fake_val):
 def test_data_that_does_not_fit_the_model(tmp_path, fake_train, fake_val):
     with pytest.raises(ClassifierError, match=r"needs \(n, 1, 32, 32\)"):
         _train(tmp_path / "x", FakeDataset(n=16, size=16), fake_val)
-    wrong = FakeDataset(n=16, size=32)
-    wrong.labels = wrong.labels[:-1]
-    with pytest.raises(ClassifierError, match="do not match"):
-        _train(tmp_path / "x", wrong, fake_val)
+    with pytest.raises(ClassifierError, match=r"needs \(n, 1, 32, 32\)"):
+        _train(tmp_path / "x", fake_train, FakeDataset(n=16, size=16))
+
+
+def test_labels_come_from_the_training_data(tmp_path, fake_train, fake_val):
+    """Any label columns, not only the 14 findings + Any; stored in the config and the checkpoint."""
+    result = _train(tmp_path / "own", OwnLabels(fake_train), OwnLabels(fake_val), steps=4)
+    clf = load_classifier(tmp_path / "own")
+    assert clf.labels == ("spot", "other", "any")
+    assert result.meta["config"]["labels"] == ["spot", "other", "any"] == result.meta["labels"]
+    assert result.meta["trained_on"] == {
+        "source": "own",
+        "fingerprint": "f" * 64,
+        "split_seed": 5,
+        "labels": ["spot", "other", "any"],
+        "image_size": 32,
+    }
+    assert result.meta["metrics"]["val_evaluation"]["labels"] == ["spot", "other", "any"]
+
+
+def test_a_subset_of_labels_in_any_order(tmp_path, fake_train, fake_val):
+    result = _train(
+        tmp_path / "sub", OwnLabels(fake_train), OwnLabels(fake_val), labels=["any", "spot"], steps=4
+    )
+    assert result.meta["labels"] == ["any", "spot"]
+    clf = load_classifier(tmp_path / "sub")
+    x = torch.stack([fake_val[i]["img"] for i in range(8)])
+    assert clf.predict(x, torch.ones_like(x)).shape == (8, 2)
+
+
+def test_labels_the_data_does_not_have_are_named(tmp_path, fake_train, fake_val):
+    with pytest.raises(ClassifierError, match="big, small not among the training data's labels"):
+        _train(tmp_path / "x", OwnLabels(fake_train), OwnLabels(fake_val), labels=["spot", "big", "small"])
+    val = OwnLabels(fake_val, names=("spot", "other"), columns=(0, 1))
+    with pytest.raises(ClassifierError, match="any not among the validation data's labels"):
+        _train(tmp_path / "x", OwnLabels(fake_train), val)
 
 
 def test_nan_labels_are_ignored(tmp_path, fake_val):
@@ -107,12 +204,12 @@ def test_nan_labels_are_ignored(tmp_path, fake_val):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_frac=0.1)
-    assert lr_factor(0, cfg) == pytest.approx(0.1)
-    assert lr_factor(9, cfg) == pytest.approx(1.0)
-    assert lr_factor(10, cfg) == pytest.approx(1.0)
-    assert lr_factor(55, cfg) == pytest.approx(0.55)
-    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    f = lr_schedule(TrainConfig(steps=100, warmup_steps=10, min_lr_frac=0.1))
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.55)
+    assert f(100) == pytest.approx(0.1)
 
 
 def test_training_masks_include_full_and_empty():
@@ -171,8 +268,8 @@ def test_ddp_two_process_gloo(tmp_path):
 def test_ema_run_and_resume(tmp_path, fake_train, fake_val):
     result = _train(tmp_path / "e", fake_train, fake_val, ema=0.9)
     assert result.meta["training"]["train_config"]["ema"] == 0.9
-    state = load_checkpoint(tmp_path / "e.state").tensors
-    assert any(k.startswith("ema.") for k in state)
+    state = load_checkpoint(tmp_path / "e.train").tensors
+    assert any(k.startswith("module.ema.") for k in state)
     resumed = train_classifier(
         tmp_path / "e",
         preset="tiny",
@@ -180,6 +277,7 @@ def test_ema_run_and_resume(tmp_path, fake_train, fake_val):
         train_set=fake_train,
         val_set=fake_val,
         resume=True,
+        workers=0,
         train_overrides={"steps": 10},
         **QUIET,
     )

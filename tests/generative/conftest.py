@@ -36,8 +36,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     model = tiny_model()
     path = tmp_path_factory.mktemp("aipo") / "tiny-aipo"
-    options = TrainOptions(out=path, data={"source": "random"})
-    save_checkpoint(path, model.tensors(), sampler_meta(model.config, TrainState(), options, {}))
+    options = TrainOptions(out=path)
+    meta = sampler_meta(model.config, TrainState(), options, {}, data={"source": "random"})
+    save_checkpoint(path, model.tensors(), meta)
     return path
 
 

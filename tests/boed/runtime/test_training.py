@@ -1,4 +1,4 @@
-"""The generic training loop: it optimises, skips bad updates, and refuses to train nothing."""
+"""The one training loop: it optimises, skips bad updates, schedules, averages, runs several phases."""
 
 import math
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from boed.runtime.training import EMA, TrainingError, TrainState, endless, train
+from boed.runtime.data import endless
+from boed.runtime.schedule import ema_warmup, warmup_cosine
+from boed.runtime.training import EMA, Every, Phase, TrainingError, TrainState, train
 
 
 def _regression_problem(seed=0):
@@ -24,9 +26,7 @@ def test_train_reduces_loss_and_counts():
     batches = endless([(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)])
     seen = []
     state = train(
-        lambda b: {"loss": ((model(b[0]) - b[1]) ** 2).mean()},
-        model.parameters(),
-        opt,
+        Phase(lambda b: {"loss": ((model(b[0]) - b[1]) ** 2).mean()}, opt),
         batches,
         steps=200,
         callbacks=[lambda s, st: seen.append(st["loss"])],
@@ -47,12 +47,12 @@ def test_non_finite_and_exploding_updates_are_skipped():
             return {"loss": model.weight.sum() * float("nan")}
         return {"loss": scale * model.weight.sum()}
 
-    state = train(loss_fn, model.parameters(), opt, endless([[0]]), steps=2, skip_threshold=100.0)
+    phase = Phase(loss_fn, opt, skip_threshold=100.0)
+    state = train(phase, endless([[0]]), steps=2)
     assert state.skipped == 2 and torch.equal(model.weight, before)
-    state = train(
-        loss_fn, model.parameters(), opt, endless([[0]]), steps=3, state=state, skip_threshold=100.0
-    )
+    state = train(phase, endless([[0]]), steps=3, state=state)
     assert state.skipped == 2 and not torch.equal(model.weight, before)
+    assert state.consecutive_skips == 0
 
 
 def test_all_updates_skipped_raises():
@@ -60,12 +60,9 @@ def test_all_updates_skipped_raises():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingError, match="in a row were skipped"):
         train(
-            lambda _: {"loss": 1e9 * model.weight.sum()},
-            model.parameters(),
-            opt,
+            Phase(lambda _: {"loss": 1e9 * model.weight.sum()}, opt, skip_threshold=1.0),
             endless([[0]]),
             steps=100,
-            skip_threshold=1.0,
             max_consecutive_skips=5,
         )
 
@@ -74,27 +71,104 @@ def test_gradient_clipping_bounds_the_step():
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train(
-        lambda _: {"loss": 1000.0 * model.weight.sum()},
-        model.parameters(),
-        opt,
-        endless([[0]]),
-        steps=1,
-        grad_clip=0.5,
-    )
+    train(Phase(lambda _: {"loss": 1000.0 * model.weight.sum()}, opt, grad_clip=0.5), endless([[0]]), 1)
     assert model.weight.item() == pytest.approx(-0.5)
 
 
-def test_ema_tracks_weights():
+def test_schedule_sets_the_learning_rate_of_each_step():
+    model = nn.Linear(1, 1, bias=False)
+    w0 = model.weight.item()
+    opt = torch.optim.SGD(model.parameters(), lr=2.0)
+    lrs = []
+    train(
+        Phase(lambda _: {"loss": model.weight.sum()}, opt, schedule=lambda s: 1.0 / (s + 1)),
+        endless([[0]]),
+        steps=3,
+        callbacks=[lambda s, st: lrs.append(st["lr"])],
+    )
+    assert lrs == pytest.approx([2.0, 1.0, 2.0 / 3])
+    # the update of step s moved the weight by lr(s) * grad (grad = 1)
+    assert model.weight.item() == pytest.approx(w0 - (2.0 + 1.0 + 2.0 / 3))
+
+
+def test_warmup_cosine():
+    f = lambda s: warmup_cosine(s, steps=100, warmup_steps=10, final=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.55)  # half way through the cosine: (1 + 0.1) / 2
+    assert f(100) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert ema_warmup(0, 0.999) == pytest.approx(0.1) and ema_warmup(10**6, 0.999) == 0.999
+
+
+def test_ema_tracks_weights_with_a_step_dependent_decay():
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
-    ema = EMA(model, decay=0.5)
+    ema = EMA(model, decay=lambda s: 0.5 if s == 0 else 0.75)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model)
+    ema.update(0)
     assert ema.module.weight.item() == pytest.approx(0.5)
+    ema.update(1)
+    assert ema.module.weight.item() == pytest.approx(0.5 + 0.25 * 0.5)
     assert not ema.module.weight.requires_grad
 
 
-def test_state_dict_is_json_able():
-    assert set(TrainState(step=3).as_dict()) == {"step", "skipped", "images_seen", "seconds"}
+def test_ema_is_not_updated_on_a_skipped_step():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.ones_(model.weight)
+    ema = EMA(model, decay=0.0)  # the EMA copies the weights at every applied update
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    scales = iter([1.0, float("inf")])
+    train(Phase(lambda _: {"loss": next(scales) * model.weight.sum()}, opt, ema=ema), endless([[0]]), 2)
+    assert model.weight.item() == pytest.approx(0.0) and ema.module.weight.item() == pytest.approx(0.0)
+
+
+def test_two_phases_run_in_order_with_their_own_optimisers():
+    """The GAN-style extension point: two optimisers, each phase sees the other's fresh update."""
+    a, b = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+    opt_a, opt_b = torch.optim.SGD([a], lr=1.0), torch.optim.SGD([b], lr=1.0)
+    seen_by_b = []
+
+    def loss_b(_):
+        seen_by_b.append(float(a.detach()))
+        return {"loss": -b * (1 + a.detach())}
+
+    state = train(
+        [Phase(lambda _: {"loss": -a}, opt_a, name="d"), Phase(loss_b, opt_b, name="g")],
+        endless([[0]]),
+        steps=2,
+    )
+    assert seen_by_b == [1.0, 2.0]  # g's loss of step s saw d's update of step s
+    assert a.item() == 2.0 and b.item() == pytest.approx(2.0 + 3.0)
+    assert {"d.loss", "g.loss", "d.grad_norm", "g.lr"} <= set(state.last)
+
+
+def test_seed_reseeds_the_global_rng_per_step():
+    draws = []
+    model = nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def loss_fn(_):
+        draws.append(float(torch.rand(())))
+        return {"loss": model.weight.sum()}
+
+    train(Phase(loss_fn, opt), endless([[0]]), 4, seed=3)
+    first = list(draws)
+    draws.clear()
+    torch.manual_seed(999)  # whatever the RNG was before: steps 2..3 resumed draw the same
+    train(Phase(loss_fn, opt), endless([[0]]), 4, seed=3, state=TrainState(step=2))
+    assert draws == first[2:] and len(set(first)) == 4
+
+
+def test_every_callback():
+    calls = []
+    cb = Every(3, lambda s, _: calls.append(s.step), last=7)
+    for step in range(1, 8):
+        cb(TrainState(step=step), {})
+    assert calls == [3, 6, 7]
+
+
+def test_state_dict_round_trip():
+    s = TrainState(step=3, skipped=1, consecutive_skips=1, images_seen=12, seconds=1.5)
+    assert TrainState.from_dict(s.as_dict()) == s
