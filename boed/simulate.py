@@ -4,8 +4,15 @@ For every image (in dataset order) the simulation records one session per policy
 full-image reference (the classifier on the whole image: policy ``"full-image"``, a single step).
 Each session draws from its own generator, seeded from ``(seed, image index, policy)``, so a
 session's result does not depend on which other sessions ran, and a resumed run
-(``store.resume_plan``) adds exactly the missing sessions. An error on one image marks that
-session failed (with its message) and the run goes on.
+(``store.resume_plan``) adds exactly the missing sessions.
+
+Faults: an error of the sampler, the classifier or the data on one image marks that session
+failed (with its message) and the run goes on. An error of the store (a write it could not take:
+disk full, database gone) is not the image's fault: the run stops at once with
+:class:`StoreFault`, marked ``interrupted`` with the reason when the store still takes that
+write; everything committed before is kept and ``--resume`` continues. Ctrl-C and SIGTERM
+(:class:`Terminated`) mark the run ``interrupted`` too. The failed-session count of a run is read
+from the store, so it is true across resumed parts.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from boed.errors import BoedError
 from boed.policies import FULL_IMAGE, StoppingRule, get_policy, parse_policies
 from boed.scanner import CandidateGrid
 from boed.session import PriorDecision, predict_checked, prior_decision, run_session
+from boed.store.errors import StoreError, StoreWriteError
 
 if TYPE_CHECKING:
     from boed.protocols import Classifier, Sampler
@@ -68,6 +76,12 @@ class SimulationConfig:
                 raise BoedError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.patch_size <= self.image_size:
             raise BoedError(f"scan patch {self.patch_size} px does not fit {self.image_size} px images")
+        positions = self.image_size - self.patch_size + 1
+        if self.grid > positions:
+            raise BoedError(
+                f"--grid {self.grid} is more than the {positions} scan positions per side of "
+                f"{self.image_size} px images with {self.patch_size} px scans; use --grid {positions} or less"
+            )
 
     @property
     def stopping(self) -> StoppingRule:
@@ -82,6 +96,106 @@ class SimulationConfig:
             return from_dict(cls, data)
         except ConfigError as exc:
             raise BoedError(f"stored run config does not fit this version: {exc}") from None
+
+
+SAMPLER_FLOATS_PER_PIXEL = 64
+"""The sampler's live activations per completion pixel, in float32 values, assumed by
+:func:`decision_memory` (a VDVAE decoder of width 32 keeps about two such tensors at full size)."""
+
+
+def decision_memory(config: SimulationConfig) -> int:
+    """Bytes one BOED decision needs at most, estimated from the config alone (before anything loads).
+
+    With ``S`` = image size, ``K = G^2`` candidates, ``N`` completions, ``A`` =
+    :data:`SAMPLER_FLOATS_PER_PIXEL` and ``B`` = the classifier memory budget::
+
+        9 K S^2            candidate masks: float32 grid masks, boolean and float32 union masks
+      + 4 N S^2 (1 + A)    completions (float32) and the sampler's activations while drawing them
+      + 24 N K             information gains: ig, h_after and its gather (float64, N x K each)
+      + 4 B                classifier chunks: inputs (bounded by B) and their activations
+
+    A lower bound for wider samplers (their activations grow with the width); it catches values
+    that cannot fit long before a decision tries to allocate them.
+    """
+    s2, k, n = config.image_size**2, config.grid**2, config.n_samples
+    return 9 * k * s2 + 4 * n * s2 * (1 + SAMPLER_FLOATS_PER_PIXEL) + 24 * n * k + 4 * config.memory_budget
+
+
+def check_memory(config: SimulationConfig, available: int | None, where: str = "this machine") -> None:
+    """Refuse ``--n-samples`` / ``--grid`` whose :func:`decision_memory` exceeds ``available`` bytes."""
+    if available is None or not any(get_policy(p).needs_eig for p in config.policies):
+        return
+    need = decision_memory(config)
+    if need > available:
+        raise BoedError(
+            f"--n-samples {config.n_samples} with --grid {config.grid} at {config.image_size} px needs "
+            f"about {_gib(need)} per decision (estimate in boed.simulate.decision_memory), more than the "
+            f"{_gib(available)} available on {where}; lower --n-samples or --grid"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the CLI's SIGTERM handler: the run stops as on Ctrl-C and is marked interrupted."""
+
+
+class StoreFault(StoreError):
+    """The store failed a write while a run was running: the run stopped at once.
+
+    Nothing committed before is lost (every store write is one transaction); the run is marked
+    ``interrupted`` with the reason when the store still takes that write (``marked``), else it
+    still shows ``running``; either way ``boed simulate --resume RUN_ID`` continues it.
+    """
+
+    def __init__(self, run_id: str, cause: str, marked: bool, db: str | None = None):
+        self.run_id, self.cause, self.marked, self.db = run_id, cause, marked, db
+        state = "marked interrupted" if marked else "it could not be marked and still shows 'running'"
+        resume = f"boed simulate --resume {run_id}" + (f" --db {db}" if db else "")
+        super().__init__(
+            f"the store failed while writing run {run_id} ({cause}); the run stopped ({state}); "
+            f"everything written before is kept; fix the store, then continue with: {resume}"
+        )
+
+
+class _StoreFailed(BaseException):  # noqa: N818 - control flow, never leaves run_simulation
+    """A store call of the run loop failed. A BaseException, so that no ``except Exception`` on
+    the way (a session's own error handling) takes it for an error of the image."""
+
+    def __init__(self, cause: str):
+        super().__init__(cause)
+        self.cause = cause
+
+
+class _GuardedStore:
+    """The run's store as the run loop sees it: every exception of a store call becomes
+    :class:`_StoreFailed`, except a plain :class:`StoreError` from ``log_step`` / ``save_array``:
+    that is the store refusing what one image produced (e.g. a wrong number of probabilities) and
+    fails that session like any other error of the image."""
+
+    _VALUES = ("log_step", "save_array")
+
+    def __init__(self, store: Any):
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except StoreError as exc:
+                if name in self._VALUES and not isinstance(exc, StoreWriteError):
+                    raise
+                raise _StoreFailed(str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - any failure of the store stops the run
+                raise _StoreFailed(f"{type(exc).__name__}: {exc}") from exc
+
+        return call
 
 
 def session_seed(seed: int, image_index: int, policy: str) -> int:
@@ -214,44 +328,57 @@ def run_simulation(
     dataset_description: dict[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
     on_start: Callable[[str], None] | None = None,
+    retry_failed: bool = False,
 ) -> str:
     """Simulate ``config.n_images`` images x (policies + full-image); return the run id.
 
     With ``run_id`` the run is resumed: sessions already done are skipped, half-written ones are
-    deleted by ``store.resume_plan`` and redone. ``on_start(run_id)`` is called once the run
-    exists (so a caller can say how to resume it after an interruption).
+    deleted by ``store.resume_plan`` and redone (with ``retry_failed`` the failed ones too).
+    ``on_start(run_id)`` is called once the run exists (so a caller can say how to resume it after
+    an interruption). Raises :class:`StoreFault` when the store fails a write (the run stops
+    at once; see the module docstring); ``KeyboardInterrupt`` / :class:`Terminated` after marking
+    the run interrupted.
     """
     check_parts(config, sampler, classifier, dataset)
     n_images = min(config.n_images, len(dataset))
     if n_images < 1:
         raise BoedError("the dataset has no images")
     labels = list(classifier.labels)
-    if run_id is None:
-        run_id = store.create_run(
-            config.to_dict(),
-            sampler=getattr(sampler, "name", config.sampler) if sampler is not None else "none",
-            sampler_sha256=getattr(sampler, "sha256", None),
-            classifier=getattr(classifier, "name", type(classifier).__name__),
-            classifier_sha256=getattr(classifier, "sha256", None),
-            dataset=dataset_description if dataset_description is not None else dataset.describe(),
-            seed=config.seed,
-            labels=labels,
-            code_version=code_version(),
-            target=resolve_target(config.target, labels).name,
-        )
-        done: set[tuple[str, str]] = set()
-    else:
-        done = set(store.resume_plan(run_id))
+    candidates = CandidateGrid.from_grid(config.image_size, config.patch_size, config.grid)
+    target = resolve_target(config.target, labels)
+    guarded = _GuardedStore(store)
+    try:
+        if run_id is None:
+            run_id = guarded.create_run(
+                config.to_dict(),
+                sampler=getattr(sampler, "name", config.sampler) if sampler is not None else "none",
+                sampler_sha256=getattr(sampler, "sha256", None),
+                classifier=getattr(classifier, "name", type(classifier).__name__),
+                classifier_sha256=getattr(classifier, "sha256", None),
+                dataset=dataset_description if dataset_description is not None else dataset.describe(),
+                seed=config.seed,
+                labels=labels,
+                code_version=code_version(),
+                target=target.name,
+            )
+            done: set[tuple[str, str]] = set()
+            previous: dict[str, Any] = {}
+        else:
+            done = set(guarded.resume_plan(run_id, retry_failed=retry_failed))
+            previous = _previous_timings(guarded, run_id)
+        failures = guarded.session_counts(run_id).get("failed", 0) if done else 0
+    except _StoreFailed as exc:
+        if run_id is None:  # nothing was written
+            raise StoreError(f"the store failed before the run started: {exc.cause}") from None
+        raise StoreFault(run_id, exc.cause, _mark(store, run_id, "interrupted", None, exc.cause)) from None
     if on_start is not None:
         on_start(run_id)
 
-    candidates = CandidateGrid.from_grid(config.image_size, config.patch_size, config.grid)
-    target = resolve_target(config.target, labels)
     plan = [(i, p) for i in range(n_images) for p in (FULL_IMAGE, *config.policies)]
     timings: dict[str, float] = {p: 0.0 for p in (FULL_IMAGE, *config.policies)}
-    failures, t_run = 0, time.perf_counter()
+    t_run = time.perf_counter()
     item_cache: dict[int, dict[str, Any]] = {}
-    context = _RunContext(store, run_id, sampler, classifier, candidates, target, config)
+    context = _RunContext(guarded, run_id, sampler, classifier, candidates, target, config)
     try:
         for n_done, (index, policy) in enumerate(plan, start=1):
             if index not in item_cache:
@@ -271,24 +398,48 @@ def run_simulation(
             failures += status != "done"
             if progress is not None:
                 progress(Progress(n_done, len(plan), index, policy, status, seconds, failures, dict(timings)))
-    except KeyboardInterrupt:
-        store.finish_run(run_id, status="interrupted", timings=_timings(timings, t_run))
+        final = _timings(timings, t_run, previous)
+        final["failed_sessions"] = guarded.session_counts(run_id).get("failed", 0)
+        guarded.finish_run(run_id, status="done", timings=final)
+    except _StoreFailed as exc:
+        marked = _mark(store, run_id, "interrupted", _timings(timings, t_run, previous), exc.cause)
+        raise StoreFault(run_id, exc.cause, marked) from None
+    except KeyboardInterrupt as exc:
+        why = "SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        _mark(store, run_id, "interrupted", _timings(timings, t_run, previous), why)
         raise
-    except BaseException:
-        store.finish_run(run_id, status="failed", timings=_timings(timings, t_run))
+    except BaseException as exc:
+        _mark(store, run_id, "failed", _timings(timings, t_run, previous), f"{type(exc).__name__}: {exc}")
         raise
-    final = _timings(timings, t_run, _previous_timings(store, run_id) if done else {})
-    final["failed_sessions"] = failures + int(final.get("failed_sessions", 0))
-    store.finish_run(run_id, status="done", timings=final)
     return run_id
 
 
-def _previous_timings(store: Any, run_id: str) -> dict[str, float]:
-    """Timings recorded by an earlier, interrupted part of a resumed run (if the store keeps them)."""
+def _mark(store: Any, run_id: str, status: str, timings: dict | None, error: str) -> bool:
+    """Best effort: mark a run that stopped early (``error``: why, one line); False when the store
+    cannot take even that write (the run then shows ``running``; resuming works all the same).
+    The failed-session count is added when the store can still be read."""
+    timings = dict(timings) if timings is not None else None
     try:
-        return dict(store.get_run(run_id).timings or {})
+        if timings is not None:
+            timings["failed_sessions"] = store.session_counts(run_id).get("failed", 0)
+    except Exception:  # noqa: BLE001, S110 - a count is not worth losing the mark
+        pass
+    try:
+        store.finish_run(run_id, status=status, timings=timings, error=error.splitlines()[0][:500])
+    except Exception:  # noqa: BLE001 - the store itself failed: the caller says so
+        return False
+    return True
+
+
+def _previous_timings(store: Any, run_id: str) -> dict[str, float]:
+    """Timings recorded by the earlier parts of a resumed run (if the store keeps them); without
+    the failed count, which is read from the store afresh."""
+    try:
+        timings = dict(store.get_run(run_id).timings or {})
     except AttributeError:
         return {}
+    timings.pop("failed_sessions", None)
+    return timings
 
 
 def _load_item(dataset: Any, index: int) -> dict[str, Any]:
@@ -423,7 +574,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
             )
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # one bad image must not end the run
+    except Exception as exc:  # one bad image must not end the run (a store fault is no Exception)
         store.finish_session(session_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         return "failed"
     store.finish_session(session_id, status="done")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,11 @@ import typer
 from cli.common import console, err_console, user_errors
 
 DEFAULT_N_IMAGES = 30
+OUT_HELP = (
+    "Report folder (default runs/<run id>/). Checked before any work: it must be writable and hold "
+    "no other run's report (one folder per run: its run id is kept in DIR/.boed-run)."
+)
+REPORT_MARK = ".boed-run"
 
 
 def _load_parts(config: Any, device: str):
@@ -111,8 +118,11 @@ def simulate(
         None, "--data-root", help="NIH ChestX-ray14 / DICOM / folder root (or env BOED_DATA_ROOT)."
     ),
     db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default runs/boed.db)."),
-    out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/<run id>/)."),
+    out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
     resume: str | None = typer.Option(None, "--resume", help="Continue run RUN_ID with its stored config."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="With --resume: redo the run's failed sessions too (else kept)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     figures: int = typer.Option(3, "--figures", help="BOED sessions that keep Fig. 6 arrays."),
     stop_entropy: float | None = typer.Option(
@@ -136,20 +146,29 @@ def simulate(
         "(refused by default: the results would be optimistic).",
     ),
 ) -> None:
-    """Simulate scan sessions (BOED vs baselines) and print accuracy / AUROC / entropy vs scans."""
-    with user_errors():
+    """Simulate scan sessions (BOED vs baselines) and print accuracy / AUROC / entropy vs scans.
+
+    SIGTERM stops a run like Ctrl-C: it is marked interrupted and --resume continues it.
+    """
+    with user_errors(), _sigterm_as_interrupt():
         from boed.config import get_preset
         from boed.eig import resolve_target
+        from boed.errors import BoedError
         from boed.policies import parse_policies
-        from boed.simulate import SimulationConfig, check_parts
+        from boed.simulate import SimulationConfig, check_memory, check_parts
         from boed.store import Store
 
         t_start = time.perf_counter()
+        if retry_failed and resume is None:
+            raise BoedError("--retry-failed needs --resume RUN_ID")
         _set_threads(threads)
         dev = _device(device)
         if resume is not None:
             store = Store.open(db)
             config = SimulationConfig.from_dict(store.run_config(resume))
+            check_memory(config, _available_memory(dev), dev)
+            if not no_report:
+                _check_out(out, resume)
             err_console.print(f"resuming run {resume} with its stored config", style="yellow")
         else:
             pre = get_preset(preset)
@@ -159,8 +178,8 @@ def simulate(
                 data_root=str(data_root) if data_root else None,
                 n_images=n_images,
                 scans=scans,
-                n_samples=n_samples or pre.n_samples,
-                grid=grid or pre.grid,
+                n_samples=pre.n_samples if n_samples is None else n_samples,
+                grid=pre.grid if grid is None else grid,
                 image_size=pre.image_size,
                 patch_size=pre.patch_size,
                 target=target,
@@ -175,6 +194,9 @@ def simulate(
                 stop_eig=stop_eig,
                 allow_training_images=allow_training_images,
             )
+            check_memory(config, _available_memory(dev), dev)
+            if not no_report:
+                _check_out(out, None)
             store = Store.open(db)
         clf, smp = _load_parts(config, dev)
         resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
@@ -194,7 +216,9 @@ def simulate(
         for line in warnings:
             err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)
         description = dataset.describe() | ({"warnings": warnings} if warnings else {})
-        run_id = _run_with_progress(store, dataset, smp, clf, config, resume, description)
+        run_id = _run_with_progress(
+            store, dataset, smp, clf, config, resume, description, retry_failed, None if no_report else out
+        )
         from boed.report import build_report, load_target_summary
 
         run, tgt, summary = load_target_summary(store, run_id)
@@ -210,9 +234,114 @@ def simulate(
             f"{(run.timings or {}).get('failed_sessions', 0)} failed sessions; store: {store.url}"
         )
         if not no_report:
-            folder = out or Path("runs") / run_id
-            index = build_report(store, run_id, folder)
-            console.print(f"report: {index}")
+            console.print(f"report: {_write_report(build_report, store, run_id, out)}")
+
+
+def _check_out(out: Path | None, run_id: str | None) -> None:
+    """Before any work: the report folder (``--out``, else ``runs/``) can be created and written
+    (a probe file), and ``--out`` holds no other run's report (``run_id`` None: a new run)."""
+    import tempfile
+
+    from boed.errors import BoedError
+
+    folder = out if out is not None else Path("runs")
+    what = f"--out {folder}" if out is not None else f"the report folder {folder}/ (default of --out)"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".boed-probe-"):
+            pass
+    except OSError as exc:
+        raise BoedError(f"{what}: cannot write the report there: {exc.strerror or exc}") from None
+    owner = _other_report(folder, run_id) if out is not None else None
+    if owner is not None:
+        raise BoedError(
+            f"--out {folder} already holds the report of {owner}; give each run its own folder "
+            "(or remove that report)"
+        )
+
+
+def _other_report(folder: Path, run_id: str | None) -> str | None:
+    """Whose report ``folder`` holds when it is not ``run_id``'s ("run X", or "an earlier run" for
+    a report written without a mark in a folder not named after the run); None if none or its own."""
+    mark = folder / REPORT_MARK
+    if mark.is_file():
+        owner = mark.read_text(encoding="utf-8", errors="replace").strip()
+        return None if owner == run_id else f"run {owner}"
+    if (folder / "index.html").exists() and folder.name != run_id:
+        return "an earlier run (no run mark)"
+    return None
+
+
+def _claim_out(out: Path | None, run_id: str) -> None:
+    """Mark ``--out`` as the report folder of ``run_id`` as soon as the run exists."""
+    if out is not None and _other_report(out, run_id) is None:
+        (out / REPORT_MARK).write_text(run_id + "\n", encoding="utf-8")
+
+
+def _write_report(build_report, store, run_id: str, out: Path | None) -> Path:
+    """The report into ``--out`` (else runs/<run id>/), unless another run took the folder meanwhile."""
+    from boed.errors import BoedError
+
+    folder = out if out is not None else Path("runs") / run_id
+    owner = _other_report(folder, run_id) if out is not None else None
+    if owner is not None:
+        raise BoedError(
+            f"--out {folder} now holds the report of {owner}; run {run_id} is stored: write its "
+            f"report elsewhere with boed report {run_id} --out OTHER_FOLDER"
+        )
+    index = build_report(store, run_id, folder)
+    if out is not None:
+        (folder / REPORT_MARK).write_text(run_id + "\n", encoding="utf-8")
+    return index
+
+
+def _available_memory(device: str) -> int | None:
+    """Free bytes for a decision: the GPU's free memory for cuda, else the host's MemAvailable."""
+    import os
+
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`boed.simulate.Terminated` (a KeyboardInterrupt): the run is marked
+    interrupted, the resume command printed, exit 143. Later SIGTERMs are ignored while that
+    cleanup runs; the previous handler comes back at the end."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from boed.simulate import Terminated
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        err_console.print("terminated (SIGTERM)", style="yellow")
+        raise typer.Exit(143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _set_threads(threads: int) -> None:
@@ -248,7 +377,9 @@ def _check_same_parts(run: Any, classifier: Any, sampler: Any) -> None:
             )
 
 
-def _run_with_progress(store, dataset, sampler, classifier, config, resume, description=None):
+def _run_with_progress(
+    store, dataset, sampler, classifier, config, resume, description=None, retry_failed=False, out=None
+):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -258,7 +389,7 @@ def _run_with_progress(store, dataset, sampler, classifier, config, resume, desc
         TimeRemainingColumn,
     )
 
-    from boed.simulate import run_simulation
+    from boed.simulate import StoreFault, run_simulation
 
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -280,6 +411,11 @@ def _run_with_progress(store, dataset, sampler, classifier, config, resume, desc
             )
 
         started: list[str] = []
+
+        def on_start(run_id: str) -> None:
+            started.append(run_id)
+            _claim_out(out, run_id)
+
         try:
             return run_simulation(
                 store,
@@ -290,8 +426,11 @@ def _run_with_progress(store, dataset, sampler, classifier, config, resume, desc
                 run_id=resume,
                 dataset_description=description if description is not None else dataset.describe(),
                 progress=update,
-                on_start=started.append,
+                on_start=on_start,
+                retry_failed=retry_failed,
             )
+        except StoreFault as exc:  # one line with the resume command for this database
+            raise StoreFault(exc.run_id, exc.cause, exc.marked, db=store.url) from None
         except KeyboardInterrupt:
             if started:
                 err_console.print(
@@ -307,7 +446,7 @@ def _run_with_progress(store, dataset, sampler, classifier, config, resume, desc
 def report(
     run_id: str = typer.Argument(..., help="Run id (or 'latest')."),
     db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default runs/boed.db)."),
-    out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/<run id>/)."),
+    out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
 ) -> None:
     """Rebuild a run's report (Fig. 5, Fig. 6 PNGs, index.html) from the store alone."""
     with user_errors():
@@ -320,8 +459,9 @@ def report(
             run_id = store.latest_run_id() or ""
             if not run_id:
                 raise BoedError("the store has no runs")
+        _check_out(out, run_id)
         _, tgt, summary = load_target_summary(store, run_id)
-        index = build_report(store, run_id, out or Path("runs") / run_id)
+        index = _write_report(build_report, store, run_id, out)
         console.print(_summary_table(summary, f"run {run_id}: {tgt.title} vs number of scans"))
         console.print(f"report: {index}")
 

@@ -207,15 +207,22 @@ class FakeStore:
     def finish_session(self, session_id, *, status="done", error=None):
         self.sessions[session_id].update(status=status, error=error)
 
-    def finish_run(self, run_id, *, status, timings):
-        self.runs[run_id].update(status=status, timings=timings)
+    def finish_run(self, run_id, *, status, timings=None, error=None):
+        self.runs[run_id].update(status=status, timings=timings, error=error)
 
-    def resume_plan(self, run_id):
+    def session_counts(self, run_id):
+        counts = {}
+        for s in self.sessions.values():
+            if s["run_id"] == run_id:
+                counts[s["status"]] = counts.get(s["status"], 0) + 1
+        return counts
+
+    def resume_plan(self, run_id, *, retry_failed=False):
         done = set()
         for sid, s in list(self.sessions.items()):
             if s["run_id"] != run_id:
                 continue
-            if s["status"] in ("done", "failed"):
+            if s["status"] == "done" or (s["status"] == "failed" and not retry_failed):
                 done.add((s["image_id"], s["policy"]))
             else:
                 del self.sessions[sid]
