@@ -38,7 +38,10 @@ def train_classifier_cmd(
         "--imagenet-weights",
         help="Local ImageNet DenseNet-121 weights (.safetensors or torch file) to start from.",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in CKPT.state.*."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in CKPT.train.*."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="DataLoader workers decoding images (default: spare cores, at most 4)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -66,6 +69,7 @@ def train_classifier_cmd(
             resume=resume,
             imagenet_weights=imagenet_weights,
             train_overrides=overrides,
+            workers=workers,
             progress=not quiet,
             log=lambda msg: console.print(msg, highlight=False),
         )

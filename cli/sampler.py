@@ -59,6 +59,9 @@ def train_sampler_command(
     val_every: int = typer.Option(250, "--val-every"),
     ckpt_every: int = typer.Option(250, "--ckpt-every"),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="DataLoader workers decoding images (default: spare cores, at most 4)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of a progress bar."),
 ) -> None:
     """Train an AIPO / AIPO-R sampler (or its unconditional VAE); works under torchrun."""
@@ -95,8 +98,6 @@ def train_sampler_command(
         val_ds = open_dataset(
             images, split="val", size=config.image_size, n=n_val, data_root=data_root, seed=seed
         )
-        x_train, _ = train_ds.tensors()
-        x_val, _ = val_ds.tensors()
         options = TrainOptions(
             out=out,
             seed=seed,
@@ -107,15 +108,16 @@ def train_sampler_command(
             val_every=val_every,
             ckpt_every=ckpt_every,
             val_images=n_val,
-            data={"train": train_ds.describe(), "val": val_ds.describe()},
+            workers=workers,
             command="boed " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )
         show = dist.is_main
         log = (lambda msg: console.print(msg, highlight=False)) if show else (lambda msg: None)
         if show:
             log(
-                f"training {sampler} ({obj}) preset {preset}: {len(x_train)} images, {config.steps} steps of "
-                f"{config.batch_size}, lr {config.lr}, device {dev}, world {dist.world_size}"
+                f"training {sampler} ({obj}) preset {preset}: {len(train_ds)} images, "
+                f"{config.steps} steps of {config.batch_size}, lr {config.lr}, device {dev}, "
+                f"world {dist.world_size}"
             )
         callbacks = []
         progress = None
@@ -166,7 +168,7 @@ def train_sampler_command(
             if progress is not None:
                 progress.start()
             _, state, metrics = train_sampler(
-                config, x_train, x_val, options, dist=dist, log=log, callbacks=callbacks
+                config, train_ds, val_ds, options, dist=dist, log=log, callbacks=callbacks
             )
         finally:
             if progress is not None:
