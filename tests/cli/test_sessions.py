@@ -153,3 +153,47 @@ def test_accuracy_by_step_matches_the_toy_answers(db):
     random = table[table["policy"] == "random"].set_index("step")["accuracy"]
     assert boed.tolist() == [0.0, 1.0, 1.0] and random.tolist() == [0.0, 0.0, 0.0]
     assert (table["sessions"] == 2).all()
+
+
+@pytest.mark.parametrize("target", ["big", "all"])
+def test_documented_analyses_follow_the_run_target(tmp_path, target):
+    """docs/store.md's pandas and SQL examples give the same accuracy for a run targeting a
+    dataset's own label (no Any output), and ``sessions show`` reports that target."""
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    from boed.report import run_target
+
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    with Store.open(url) as store:
+        run_id = store.create_run({"target": target}, sampler="s", sampler_sha256=None, classifier="c",
+                                  classifier_sha256=None, dataset={}, seed=0, labels=["big", "bright"],
+                                  code_version="test", target=target)  # fmt: skip
+        for i, (big, bright, p_big, p_bright) in enumerate(
+            [(1, 0, 0.9, 0.8), (0, 1, 0.6, 0.7), (1, 1, 0.7, 0.2)]
+        ):
+            sid = store.start_session(run_id, image_id=f"i{i}", image_index=i, policy="boed",
+                                      true_labels=[float(big), float(bright)])  # fmt: skip
+            store.log_step(sid, step=0, location=None, candidate=None, eig=None, eig_map=None,
+                           probs=[p_big, p_bright], seconds=0.0)  # fmt: skip
+            store.finish_session(sid)
+        store.finish_run(run_id, status="done")
+        doc = (Path(__file__).parents[2] / "docs" / "store.md").read_text()
+        sql = doc.split("```sql\n", 1)[1].split("```", 1)[0]
+        with store.engine.connect() as conn:
+            rows = conn.execute(text(sql), {"run_id": run_id}).all()
+        labels = list(run_target(store.get_run(run_id)).labels)
+        p = store.predictions(run_id)
+        p = p[p["label"].isin(labels)].dropna(subset=["truth"])
+        p["correct"] = (p["prob"] >= 0.5) == (p["truth"] > 0.5)
+    # big: right, wrong, right; bright: wrong, right, wrong
+    expected = 2 / 3 if target == "big" else 3 / 6
+    assert [(r.policy, r.scans, r.sessions) for r in rows] == [("boed", 0, 3)]
+    assert float(rows[0].accuracy) == pytest.approx(expected) == p["correct"].mean()
+    shown = invoke("show", "--db", url)
+    flat = " ".join(shown.stdout.split())
+    title = "big" if target == "big" else "all (2 labels)"
+    assert (
+        shown.exit_code == 0 and f"target {title}" in flat and f"{title}: accuracy by number of scans" in flat
+    )
