@@ -82,8 +82,11 @@ def list_(db: str | None = DB, run: str | None = RUN) -> None:
                 return
             runs["created"] = runs["created_at"].dt.strftime("%Y-%m-%d %H:%M")
             runs["sessions"] = [f"{d}/{n}" for d, n in zip(runs["n_done"], runs["n_sessions"], strict=True)]
-            columns = {"run_id": "run", "created": "created (UTC)", "status": "status", "sampler": "sampler",
-                       "classifier": "classifier", "sessions": "done", "n_failed": "failed"}  # fmt: skip
+            columns = {"run_id": "run", "created": "created (UTC)", "status": "status", "target": "target",
+                       "sampler": "sampler", "classifier": "classifier", "sessions": "done",
+                       "n_failed": "failed"}  # fmt: skip
+            if "target" not in runs:  # a store without the column (before schema 0002)
+                del columns["target"]
             console.print(_table(f"runs in {store.url}", runs, columns))
             return
         sessions = store.sessions(run)

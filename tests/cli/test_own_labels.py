@@ -141,11 +141,13 @@ def test_own_labels_end_to_end_through_the_cli(tmp_path, titles):
     assert titles["fig5"] == ["big", "big"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "summary.csv"), summary)
 
+    listed = _ok(["sessions", "list", "--db", db])
+    assert run.run_id in listed.stdout and "big" in listed.stdout
     shown = _ok(["sessions", "show", "--db", db])
     flat = _flat(shown.stdout)
     assert "target big" in flat and "big: accuracy by number of scans" in flat
     session_id = int(store.sessions(run.run_id).query("policy == 'boed'")["session_id"].iloc[0])
     one = _ok(["sessions", "show", str(session_id), "--db", db])
     assert "true big = " in _flat(one.stdout) and "P(big)" in one.stdout
-    for output in (shown.stdout, one.stdout):
+    for output in (listed.stdout, shown.stdout, one.stdout):
         assert "Any" not in output
