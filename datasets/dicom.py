@@ -55,6 +55,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from struct import error as struct_error
 
 import numpy as np
 
@@ -121,9 +122,23 @@ def _guard(path: Path, what: str):
         def __exit__(self, kind, exc, tb):
             if exc is None or isinstance(exc, DatasetError) or not isinstance(exc, Exception):
                 return False
-            raise DatasetError(f"{what} ({kind.__name__}: {_first_line(exc)})", path) from None
+            raise DatasetError(f"{_explain(what, exc)} ({kind.__name__}: {_first_line(exc)})", path) from None
 
     return _Guard()
+
+
+def _explain(what: str, exc: BaseException) -> str:
+    """``what`` failed, made specific for the failures pydicom reports on malformed files."""
+    text = str(exc)
+    if "Unknown Value Representation" in text:
+        return f"{what}: an element has an unknown value representation (VR)"
+    if type(exc).__name__ == "BytesLengthException":
+        return f"{what}: an element's length does not fit its value representation"
+    if "encapsulated pixel data" in text:
+        return f"{what}: the encapsulated (compressed) pixel data is malformed"
+    if isinstance(exc, (struct_error, EOFError)):
+        return f"{what}: the file ends inside an element"
+    return what
 
 
 def _first_line(exc: BaseException) -> str:
@@ -149,9 +164,8 @@ def _open(path: Path):
             ) from None
         raise DatasetError(f"not a DICOM file ({_first_line(exc)})", path) from None
     except Exception as exc:  # malformed data elements: pydicom raises many types
-        raise DatasetError(
-            f"unreadable or corrupt DICOM header ({type(exc).__name__}: {_first_line(exc)})", path
-        ) from None
+        reason = _explain("unreadable or corrupt DICOM header", exc)
+        raise DatasetError(f"{reason} ({type(exc).__name__}: {_first_line(exc)})", path) from None
     with _guard(path, "malformed DICOM header"):
         eof = next((str(w.message) for w in caught if "End of file reached" in str(w.message)), None)
         if eof is not None and not len(ds):
@@ -230,7 +244,7 @@ def _int(ds, key: str, default: int | None = None) -> int:
     value = ds.get(key, default)
     if value is None or value == "":
         if default is None:
-            raise DatasetError(f"missing {key}")
+            raise DatasetError(f"missing required attribute {key} of an image")
         return default
     try:
         return int(_text(value) if not isinstance(value, int) else value)
@@ -314,8 +328,14 @@ def _check_header_fields(ds, path: Path, max_pixels: int, allowed: set[str]) -> 
     if pixels > max_pixels:
         what = f"declared image {rows}x{cols}x{samples}x{frames} of {bits} bits ({declared / 2**20:,.0f} MiB)"
         raise DatasetError(too_large(what, pixels, max_pixels))
-    if pixel_key == "PixelData" and _int(ds, "BitsStored", bits) > bits:
-        raise DatasetError(f"BitsStored={_int(ds, 'BitsStored')} exceeds BitsAllocated={bits}")
+    if pixel_key == "PixelData":
+        stored_bits = _int(ds, "BitsStored")
+        if not 1 <= stored_bits <= bits:
+            raise DatasetError(f"BitsStored={stored_bits} is not between 1 and BitsAllocated={bits}")
+        if _int(ds, "PixelRepresentation") not in (0, 1):
+            raise DatasetError(f"PixelRepresentation={_int(ds, 'PixelRepresentation')} is not 0 or 1")
+        if "SamplesPerPixel" not in ds:
+            raise DatasetError("missing required attribute SamplesPerPixel of an image")
     uid = _transfer_syntax(ds)
     if not uid.is_compressed or pixel_key != "PixelData":
         raw = ds.get_item(pixel_key)
@@ -418,9 +438,10 @@ def check_dicom_file(
 ) -> None:
     """Header-only validity check (no pixel decode); raises :class:`DatasetError` only."""
     path = Path(path)
-    ds = _open(path)
-    with _guard(path, "malformed DICOM header"):
-        _check_header(ds, path, max_pixels=max_pixels, allow_modalities=allow_modalities)
+    with _quiet_pydicom():
+        ds = _open(path)
+        with _guard(path, "malformed DICOM header"):
+            _check_header(ds, path, max_pixels=max_pixels, allow_modalities=allow_modalities)
 
 
 def read_dicom(
@@ -429,11 +450,14 @@ def read_dicom(
     """Read a CR/DX radiograph into [0, 1] (see the module docstring for the exact order and for
     what is refused); raises :class:`DatasetError` only."""
     path = Path(path)
-    ds = _open(path)
+    with _quiet_pydicom():
+        return _read(path, ds=_open(path), max_pixels=max_pixels, allow_modalities=allow_modalities)
+
+
+def _read(path: Path, ds, max_pixels: int, allow_modalities: Iterable[str]) -> DicomImage:
     with _guard(path, "malformed DICOM header"):
         uid = _check_header(ds, path, max_pixels=max_pixels, allow_modalities=allow_modalities)
-    with _guard(path, "cannot decode pixel data"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _guard(path, "cannot decode pixel data"):
         stored = ds.pixel_array
     if stored.shape != (int(ds.Rows), int(ds.Columns)):
         raise DatasetError(f"decoded pixel data has shape {stored.shape}; expected one 2-D image", path)
@@ -450,7 +474,12 @@ def read_dicom(
             path,
             100 * span,
         )
-    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    with _guard(path, "malformed DICOM header"):
+        return _finish(ds, pixels, uid)
+
+
+def _finish(ds, pixels: np.ndarray, uid: str) -> DicomImage:
+    photometric = _text(ds.get("PhotometricInterpretation")).upper()
     shape = _text(ds.get("PresentationLUTShape", "IDENTITY")).upper()
     invert = photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
     if invert:
@@ -544,7 +573,7 @@ class DicomDataset(FileDataset):
 
     def spacing(self, i: int) -> tuple[float, float] | None:
         """Pixel spacing (row, column) in mm of the *stored* image ``i`` (header only), or None."""
-        with _guard(self.paths[i], "malformed DICOM header"):
+        with _quiet_pydicom(), _guard(self.paths[i], "malformed DICOM header"):
             return _spacing(_open(self.paths[i]))
 
 
