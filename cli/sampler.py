@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, err_console, fail, user_errors
+from cli.common import console, fail, user_errors
 
 SAMPLER_CHOICES = ("aipo", "aipo-r", "vae")
 
@@ -190,11 +190,20 @@ def evaluate_sampler_command(
     png: Path | None = typer.Option(
         None, "--png", help="Write a Fig. 8-style grid (truth, observation, 5 completions; 0..5 squares)."
     ),
-    classifier: bool = typer.Option(
-        True, "--classifier/--no-classifier", help="Any accuracy on completions, if a classifier is shipped."
+    classifier: Path | None = typer.Option(
+        None,
+        "--classifier",
+        help="Classifier checkpoint for the Any accuracy (its labels must be the data's); "
+        "default: the shipped one, skipped (with a note) if its labels differ from the data's.",
     ),
+    no_classifier: bool = typer.Option(False, "--no-classifier", help="Skip the Any accuracy."),
     sampler_name: str = typer.Option(
-        "aipo", "--sampler", help="aipo | aipo-r | vae: how to sample the checkpoint."
+        "aipo", "--sampler", help="aipo | aipo-r | vae: how to sample the checkpoint (must fit its kind)."
+    ),
+    allow_training_images: bool = typer.Option(
+        False,
+        "--allow-training-images",
+        help="Evaluate even on images the sampler checkpoint was trained on (biased metrics).",
     ),
     threads: int | None = typer.Option(None, "--threads"),
 ) -> None:
@@ -205,6 +214,8 @@ def evaluate_sampler_command(
     from generative.registry import build_sampler
 
     with user_errors():
+        if classifier is not None and no_classifier:
+            raise fail("--classifier and --no-classifier exclude each other")
         if threads:
             torch.set_num_threads(threads)
         sampler = build_sampler(sampler_name, checkpoint)
@@ -213,9 +224,16 @@ def evaluate_sampler_command(
         ds = open_dataset(
             images, split="test", size=sampler.image_size, n=n_images, data_root=data_root, seed=seed
         )
+        notes = _check_training_overlap(sampler, ds.describe(), checkpoint, allow_training_images)
+        if no_classifier:
+            any_fn, reason = None, "--no-classifier"
+        else:
+            any_fn, reason = _classifier_any(classifier, tuple(ds.labels), sampler.image_size)
         x, y = ds.tensors()
-        any_fn = _classifier_any(sampler.image_size) if classifier else None
-        result = evaluate(sampler, x, y, n_samples=n_samples, seed=seed, any_accuracy=any_fn)
+        result = evaluate(
+            sampler, x, y, n_samples=n_samples, seed=seed, any_accuracy=any_fn, skip_reason=reason
+        )
+        result["notes"] = notes + result["notes"]
         if png is not None:
             figure_8(sampler, x[:2], png, seed=seed)
             result["png"] = str(png)
@@ -225,18 +243,62 @@ def evaluate_sampler_command(
             _print_table(result)
 
 
-def _classifier_any(image_size: int):
-    """``fn(images (B,1,H,W), labels) -> accuracy`` of the shipped classifier's Any output, or None."""
+def _check_training_overlap(sampler, description: dict, checkpoint: Path | None, allow: bool) -> list[str]:
+    """Refuse (SamplerError) data the sampler checkpoint was trained on, unless ``allow``; notes."""
+    from datasets.provenance import training_overlap
+    from generative.errors import SamplerError
+
+    overlap = training_overlap(sampler.meta.get("data"), description)
+    if overlap is None:
+        return []
+    where = checkpoint if checkpoint is not None else "the shipped sampler checkpoint"
+    if not allow:
+        raise SamplerError(
+            f"{where}: was trained on images of this dataset ({overlap}); evaluate on images it has not "
+            "seen (another split or dataset) or pass --allow-training-images"
+        )
+    return [f"evaluated on images the sampler was trained on ({overlap}); allowed by --allow-training-images"]
+
+
+def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size: int):
+    """``(fn, None)`` with ``fn(images (B,1,H,W), labels (B,L)) -> Any accuracy``, or ``(None, reason)``.
+
+    ``path`` given: that classifier, whose labels must equal ``data_labels`` (else ClassifierError:
+    the user asked for it). ``path`` None: the shipped classifier of the image size's preset, or
+    ``None`` and the reason when there is none or it does not fit the data (other labels or image
+    size, no ``Any`` label).
+    """
     try:
         from classifiers import load_classifier
-    except ImportError:
-        return None
-    try:
+        from classifiers.errors import ClassifierError
+    except ImportError as exc:
+        return None, f"the classifiers package is not available ({exc})"
+    if path is not None:
+        clf = load_classifier(path, labels=data_labels)
+        if clf.image_size != image_size:
+            raise ClassifierError(
+                f"{path}: classifies {clf.image_size}x{clf.image_size} images, the sampler completes "
+                f"{image_size}x{image_size}"
+            )
+    else:
         preset = {64: "cpu", 256: "paper", 32: "tiny"}.get(image_size, "cpu")
-        clf = load_classifier(preset=preset)
-    except Exception as exc:  # noqa: BLE001 - no shipped classifier yet: skip the row, say why
-        err_console.print(f"note: no classifier for the accuracy row ({exc})")
-        return None
+        try:
+            clf = load_classifier(preset=preset)
+        except ClassifierError as exc:
+            return None, f"no usable shipped classifier ({exc})"
+        if tuple(clf.labels) != tuple(data_labels):
+            return None, (
+                f"the shipped classifier's labels ({len(clf.labels)}: {', '.join(clf.labels)}) differ "
+                f"from the data's ({len(data_labels)}: {', '.join(data_labels)}); pass --classifier CKPT "
+                "trained on these labels"
+            )
+        if clf.image_size != image_size:
+            return None, (
+                f"the shipped {preset} classifier classifies {clf.image_size}x{clf.image_size} images, "
+                f"the sampler completes {image_size}x{image_size}"
+            )
+    if "Any" not in clf.labels:
+        return None, f"the classifier has no 'Any' label (labels: {', '.join(clf.labels)})"
     import torch
 
     any_index = list(clf.labels).index("Any")
@@ -250,7 +312,7 @@ def _classifier_any(image_size: int):
         ok = ~torch.isnan(truth)
         return float(((probs[ok, any_index] > 0.5).float() == truth[ok]).float().mean())
 
-    return accuracy
+    return accuracy, None
 
 
 def _print_table(result: dict) -> None:

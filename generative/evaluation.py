@@ -10,7 +10,9 @@ Following §4 and appendix B.4 of 001_acb47c175b470c6b.txt, adapted to what runs
   (mean absolute / root-mean-square pixel difference over the whole image), the paper's LPIPS
   diversity with a pixel distance (LPIPS needs downloaded weights). Falls as squares are added.
 * Any accuracy of a classifier on the completions vs on the true images, when a function for it is
-  given (generative/ does not import classifiers/; the CLI passes one).
+  given (generative/ does not import classifiers/; the CLI passes one). Without one the accuracies
+  are ``None`` and ``any_accuracy_skipped`` says why (e.g. the classifier's labels differ from the
+  data's).
 """
 
 from __future__ import annotations
@@ -49,8 +51,14 @@ def evaluate(
     seed: int = 0,
     batch: int = 16,
     any_accuracy: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    skip_reason: str | None = None,
 ) -> dict[str, Any]:
-    """All metrics for ``sampler`` on ``images`` ``(N, 1, S, S)`` (and ``labels`` ``(N, L)``)."""
+    """All metrics for ``sampler`` on ``images`` ``(N, 1, S, S)`` (and ``labels`` ``(N, L)``).
+
+    ``any_accuracy(images (M, 1, S, S), labels (M, L)) -> float`` scores the classifier; when it
+    (or ``labels``) is missing, ``any_accuracy_truth`` and every row's ``any_accuracy_completions``
+    are ``None`` and ``any_accuracy_skipped`` holds ``skip_reason`` (a note says the same).
+    """
     from datasets.masks import squares_masks
 
     n, size = len(images), images.shape[-1]
@@ -76,10 +84,15 @@ def evaluate(
     else:
         result["elbo_bpd"] = float("nan")
         notes.append("no bounds: the sampler has no hierarchical VAE")
-    if any_accuracy is not None and labels is not None:
+    scored = any_accuracy is not None and labels is not None
+    if scored:
         result["any_accuracy_truth"] = any_accuracy(images, labels)
-    elif any_accuracy is None:
-        notes.append("classifier Any accuracy skipped: no classifier available")
+        result["any_accuracy_skipped"] = None
+    else:
+        reason = skip_reason or ("no labels" if any_accuracy is not None else "no classifier given")
+        result["any_accuracy_truth"] = None
+        result["any_accuracy_skipped"] = reason
+        notes.append(f"classifier Any accuracy skipped: {reason}")
     rows = []
     for k in range(max_squares + 1):
         masks = squares_masks(n, size, k, SIDE_FRAC, gen)
@@ -109,8 +122,9 @@ def evaluate(
         l1, l2 = pairwise_distance(samples)
         row["diversity_l1"], row["diversity_l2"] = float(l1.mean()), float(l2.mean())
         row["mae_to_truth"] = float((samples - images.unsqueeze(0)).abs().mean())
-        if any_accuracy is not None and labels is not None:
-            row["any_accuracy_completions"] = any_accuracy(samples.flatten(0, 1), labels.repeat(n_samples, 1))
+        row["any_accuracy_completions"] = (
+            any_accuracy(samples.flatten(0, 1), labels.repeat(n_samples, 1)) if scored else None
+        )
         rows.append(row)
     result["by_squares"] = rows
     result["notes"] = notes

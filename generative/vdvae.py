@@ -25,7 +25,7 @@ are encoder parameters all the same, ϕ in the paper's notation).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -309,7 +309,3 @@ class HierarchicalVAE(nn.Module):
     ) -> torch.Tensor:
         params, _ = self.decoder(n, None, temperature=temperature, generator=generator)
         return dmol_sample(params, generator=generator)
-
-
-def count_parameters(module: nn.Module, names: Sequence[str] | None = None) -> int:
-    return sum(p.numel() for n, p in module.named_parameters() if names is None or n.split(".")[0] in names)

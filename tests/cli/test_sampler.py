@@ -76,3 +76,117 @@ def test_missing_checkpoint_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["evaluate-sampler", str(tmp_path / "nope"), "--no-classifier"])
     assert result.exit_code == 2
     assert "not found" in result.stderr
+
+
+# -- evaluate-sampler: classifier fit and training-image refusal -------------------------------------
+class _Data:
+    """A stand-in test split: 2 random 32-px images with the given label columns."""
+
+    def __init__(self, labels, describe=None):
+        import torch
+
+        self.labels = tuple(labels)
+        self._describe = describe or {"source": "stub", "fingerprint": "f00d", "split": "test"}
+        g = torch.Generator().manual_seed(0)
+        self._x = torch.rand(2, 1, 32, 32, generator=g)
+        self._y = torch.ones(2, len(self.labels))
+
+    def tensors(self):
+        return self._x, self._y
+
+    def describe(self):
+        return dict(self._describe)
+
+
+def _sampler_checkpoint(tmp_path, data=None):
+    from tests.generative.checkpoints import edit_json, write_tiny
+
+    path = write_tiny(tmp_path / "tiny-aipo")
+    if data is not None:
+        edit_json(path, lambda meta: meta.update(data=data))
+    return path
+
+
+def _tiny_classifier(tmp_path, labels):
+    import dataclasses
+
+    from classifiers.avp_cnn import AVPCNN
+    from classifiers.config import classifier_preset
+    from classifiers.partial import save_classifier
+
+    config = dataclasses.replace(classifier_preset("tiny"), labels=tuple(labels))
+    path = tmp_path / "clf"
+    save_classifier(path, AVPCNN(config))
+    return path
+
+
+def _evaluate(monkeypatch, data, *args):
+    import datasets
+
+    monkeypatch.setattr(datasets, "open_dataset", lambda *a, **k: data)
+    return runner.invoke(app, ["evaluate-sampler", *args, "--n-samples", "2", "--json"])
+
+
+def test_classifier_with_the_data_labels_scores_completions(tmp_path, monkeypatch):
+    labels = ("Effusion", "Any")
+    clf = _tiny_classifier(tmp_path, labels)
+    result = _evaluate(
+        monkeypatch, _Data(labels), str(_sampler_checkpoint(tmp_path)), "--classifier", str(clf)
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["any_accuracy_skipped"] is None
+    assert 0 <= report["any_accuracy_truth"] <= 1
+    assert all(0 <= row["any_accuracy_completions"] <= 1 for row in report["by_squares"])
+
+
+def test_explicit_classifier_with_other_labels_is_a_clean_error(tmp_path, monkeypatch):
+    clf = _tiny_classifier(tmp_path, ("Effusion", "Any"))
+    data = _Data(("Nodule", "Mass", "Any"))
+    result = _evaluate(monkeypatch, data, str(_sampler_checkpoint(tmp_path)), "--classifier", str(clf))
+    assert result.exit_code == 2, result.output
+    assert "clf" in result.stderr and "label" in result.stderr and "Traceback" not in result.output
+
+
+def test_shipped_classifier_with_other_labels_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """The default classifier whose labels differ from the data's: null and why (was an IndexError)."""
+    import classifiers
+
+    clf_path = _tiny_classifier(tmp_path, ("Effusion", "Any"))
+    from classifiers.partial import load_classifier
+
+    shipped = load_classifier(clf_path)
+    monkeypatch.setattr(classifiers, "load_classifier", lambda *a, **k: shipped)
+    result = _evaluate(monkeypatch, _Data(("Any",)), str(_sampler_checkpoint(tmp_path)))
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["any_accuracy_truth"] is None
+    assert all(row["any_accuracy_completions"] is None for row in report["by_squares"])
+    assert "labels" in report["any_accuracy_skipped"] and "--classifier" in report["any_accuracy_skipped"]
+    # the table says it in one line too
+    monkeypatch.setattr(classifiers, "load_classifier", lambda *a, **k: shipped)
+    table = runner.invoke(app, ["evaluate-sampler", str(_sampler_checkpoint(tmp_path)), "--n-samples", "2"])
+    assert table.exit_code == 0 and "Any accuracy skipped" in table.stdout
+
+
+def test_images_the_sampler_was_trained_on_are_refused(tmp_path, monkeypatch):
+    described = {"source": "stub", "fingerprint": "f00d", "split": "test", "split_seed": 0}
+    trained = {"train": dict(described, split="train"), "val": dict(described, split="test")}
+    ckpt = str(_sampler_checkpoint(tmp_path, data=trained))
+    result = _evaluate(monkeypatch, _Data(("Any",), described), ckpt, "--no-classifier")
+    assert result.exit_code == 2
+    assert "tiny-aipo" in result.stderr and "--allow-training-images" in result.stderr
+    allowed = _evaluate(
+        monkeypatch, _Data(("Any",), described), ckpt, "--no-classifier", "--allow-training-images"
+    )
+    assert allowed.exit_code == 0, allowed.output + allowed.stderr
+    assert any("allowed by --allow-training-images" in note for note in json.loads(allowed.stdout)["notes"])
+
+
+def test_kind_mismatch_is_a_clean_error(tmp_path):
+    from tests.generative.checkpoints import write_tiny
+
+    path = write_tiny(tmp_path / "rev", "aipo-r")
+    result = runner.invoke(app, ["evaluate-sampler", str(path), "--no-classifier"])
+    assert result.exit_code == 2
+    assert "'aipo-r' sampler checkpoint, requested as 'aipo'" in result.stderr

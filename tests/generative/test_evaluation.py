@@ -10,6 +10,13 @@ import torch
 from generative.evaluation import evaluate, figure_8, pairwise_distance
 from generative.registry import build_sampler
 
+from .checkpoints import write_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("aipo") / "tiny-aipo", "vae+aipo")
+
 
 def test_pairwise_distance_known_answer():
     a = torch.zeros(1, 1, 2, 2)

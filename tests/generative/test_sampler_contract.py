@@ -13,12 +13,26 @@ from boed.protocols import Completions, Sampler
 from generative.errors import SamplerError
 from generative.registry import SAMPLERS, build_sampler
 
+from .checkpoints import write_tiny
+
 SIZE = 32
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("aipo") / "tiny-aipo", "vae+aipo")
+
+
+@pytest.fixture(scope="module")
+def aipo_r_checkpoint(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("aipo-r") / "tiny-aipo-r", "aipo-r")
+
+
 @pytest.fixture(params=SAMPLERS)
-def sampler(request, tiny_checkpoint):
-    return build_sampler(request.param, tiny_checkpoint, preset="tiny")
+def sampler(request, tiny_checkpoint, aipo_r_checkpoint):
+    # each name runs a checkpoint of its own kind (aipo-r needs an AIPO-R one; vae accepts any)
+    checkpoint = aipo_r_checkpoint if request.param == "aipo-r" else tiny_checkpoint
+    return build_sampler(request.param, checkpoint, preset="tiny")
 
 
 def _inputs(batch: int = 2, seed: int = 0):
