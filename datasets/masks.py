@@ -9,12 +9,13 @@ reproducible). No Python loop runs over images or pixels.
 - :func:`classifier_masks`: the same with 25% squares (appendix B.4 of the same paper), matching the
   scans of the BOED experiments.
 - :func:`blob_masks`: irregular random blobs, Algorithm 1 of 000_4d02949fbf944a31.txt.
-- :func:`centre_square_masks`, :func:`three_squares_masks`, :func:`half_masks`,
-  :func:`random_pixel_masks`: evaluation masks for samplers.
-- :func:`grid_locations`, :func:`patch_masks`, :func:`union_patch_masks`: the scan grid of the
-  controller and the masks of its scans.
+- :func:`centre_square_masks` (a centred hole: the "holes"/"centre" setting) and
+  :func:`three_squares_masks`: evaluation masks for samplers.
+- :func:`grid_locations`, :func:`patch_masks`: the scan grid of the controller and the masks of
+  its scans.
 
-``MASKS`` maps names to functions that can all be called as ``MASKS[name](n, size, generator=g)``.
+``MASKS`` maps names to functions that can all be called as ``MASKS[name](n, size, generator=g)``:
+the named mask distributions a sampler evaluation chooses from.
 """
 
 from __future__ import annotations
@@ -31,12 +32,9 @@ __all__ = [
     "centre_square_masks",
     "classifier_masks",
     "grid_locations",
-    "half_masks",
     "patch_masks",
-    "random_pixel_masks",
     "squares_masks",
     "three_squares_masks",
-    "union_patch_masks",
 ]
 
 
@@ -122,38 +120,6 @@ def centre_square_masks(
     return mask
 
 
-_HALVES = ("top", "bottom", "left", "right")
-
-
-def half_masks(
-    n: int, size: int, generator: torch.Generator | None = None, which: str = "random"
-) -> torch.Tensor:
-    """One half of the image observed: ``which`` in {"top", "bottom", "left", "right", "random"}.
-
-    ``"random"`` draws the observed half uniformly per image.
-    """
-    if which == "random":
-        choice = torch.randint(0, 4, (n,), generator=generator)
-    elif which in _HALVES:
-        choice = torch.full((n,), _HALVES.index(which), dtype=torch.long)
-    else:
-        raise ValueError(f"unknown half {which!r}; valid: random, {', '.join(_HALVES)}")
-    ar = torch.arange(size)
-    first = (ar < size // 2).float()  # (S,)
-    rows = torch.stack([first, 1 - first, torch.ones(size), torch.ones(size)])[choice]  # (n, S)
-    cols = torch.stack([torch.ones(size), torch.ones(size), first, 1 - first])[choice]  # (n, S)
-    return (rows[:, :, None] * cols[:, None, :]).unsqueeze(1)
-
-
-def random_pixel_masks(
-    n: int, size: int, generator: torch.Generator | None = None, missing: float = 0.8
-) -> torch.Tensor:
-    """Each pixel independently hidden with probability ``missing`` (default 80% missing)."""
-    if not 0.0 <= missing <= 1.0:
-        raise ValueError(f"missing must be in [0, 1], got {missing}")
-    return (torch.rand(n, 1, size, size, generator=generator) >= missing).float()
-
-
 def blob_masks(
     n: int,
     size: int,
@@ -223,16 +189,6 @@ def patch_masks(locations: torch.Tensor, size: int, patch: int) -> torch.Tensor:
     return _boxes_to_masks(locations[:, :1], locations[:, 1:], patch, size, keep)
 
 
-def union_patch_masks(locations: torch.Tensor, size: int, patch: int) -> torch.Tensor:
-    """Union of scan patches: ``locations (K, 2)`` -> ``(1, 1, S, S)``; ``(B, K, 2)`` -> ``(B, 1, S, S)``."""
-    locations = torch.as_tensor(locations, dtype=torch.long)
-    if locations.dim() == 2:
-        locations = locations[None]
-    b, k, _ = locations.shape
-    keep = torch.ones(b, k, dtype=torch.bool)
-    return _boxes_to_masks(locations[..., 0], locations[..., 1], patch, size, keep)
-
-
 MASKS: dict[str, Callable[..., torch.Tensor]] = {
     "aipo": aipo_masks,
     "classifier": classifier_masks,
@@ -240,6 +196,4 @@ MASKS: dict[str, Callable[..., torch.Tensor]] = {
     "three_squares": three_squares_masks,
     "blob": blob_masks,
     "centre_square": centre_square_masks,
-    "half": half_masks,
-    "random_pixels": random_pixel_masks,
 }

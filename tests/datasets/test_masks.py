@@ -11,11 +11,8 @@ from datasets.masks import (
     centre_square_masks,
     classifier_masks,
     grid_locations,
-    half_masks,
     patch_masks,
-    random_pixel_masks,
     squares_masks,
-    union_patch_masks,
 )
 
 
@@ -33,7 +30,7 @@ def test_every_mask_is_binary_float_and_seeded(name, size):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["aipo", "classifier", "squares", "blob", "half", "random_pixels"])
+@pytest.mark.parametrize("name", ["aipo", "classifier", "squares", "three_squares", "blob"])
 def test_random_masks_differ_between_seeds(name):
     assert not torch.equal(MASKS[name](8, 32, generator=gen(1)), MASKS[name](8, 32, generator=gen(2)))
 
@@ -121,20 +118,9 @@ def test_zero_squares_is_all_hidden():
     assert squares_masks(3, 16, 0, 0.3, gen()).sum() == 0
 
 
-def test_centre_square_and_half_masks():
+def test_centre_square_masks():
     m = centre_square_masks(2, 32, side_frac=0.5)
     assert m[0, 0, 8:24, 8:24].sum() == 0 and m.sum() == 2 * (32 * 32 - 16 * 16)
-    for which, region in [("top", (slice(0, 16), slice(None))), ("right", (slice(None), slice(16, 32)))]:
-        h = half_masks(3, 32, which=which)
-        assert h[:, 0][(slice(None), *region)].all() and h.mean() == 0.5
-    assert half_masks(100, 32, gen()).mean((1, 2, 3)).eq(0.5).all()
-    with pytest.raises(ValueError, match="unknown half"):
-        half_masks(1, 8, which="diagonal")
-
-
-def test_random_pixels_fraction():
-    m = random_pixel_masks(20, 64, gen(), missing=0.8)
-    assert abs(m.mean().item() - 0.2) < 0.01
 
 
 def test_blob_masks_paper_setting():
@@ -168,16 +154,13 @@ def test_grid_locations():
         grid_locations(16, 32)
 
 
-def test_patch_and_union_masks():
+def test_patch_masks():
     loc = torch.tensor([[0, 0], [48, 48], [10, 20]])
     p = patch_masks(loc, 64, 16)
     assert p.shape == (3, 1, 64, 64) and torch.equal(p.sum((1, 2, 3)), torch.full((3,), 256.0))
     assert p[2, 0, 10:26, 20:36].all()
-    u = union_patch_masks(loc, 64, 16)
-    assert u.shape == (1, 1, 64, 64) and torch.equal(u[0], p.amax(0))
-    batched = union_patch_masks(loc[None].expand(2, -1, -1), 64, 16)
-    assert batched.shape == (2, 1, 64, 64) and torch.equal(batched[1], u[0])
 
 
 def test_module_exports():
     assert set(masks.__all__) >= {"aipo_masks", "classifier_masks", "blob_masks", "MASKS", "grid_locations"}
+    assert set(MASKS) == {"aipo", "classifier", "squares", "three_squares", "blob", "centre_square"}

@@ -159,3 +159,42 @@ def test_rendering_in_slices_is_exact():
     assert torch.equal(whole[0], torch.cat([parts[0][0], parts[1][0]]))
     assert torch.equal(whole[1], torch.cat([parts[0][1], parts[1][1]]))
     assert whole[2] == parts[0][2] + parts[1][2]
+
+
+# sha256 of images, labels and findings of generate_phantoms(n, size, seed, prevalence), recorded
+# before datasets/phantoms.py was split into phantom_anatomy / phantom_findings / phantoms
+# (torch 2.13 CPU, one thread): the split must leave every pixel as it was.
+BEFORE_SPLIT = {
+    (70, 64, 3, 0.5): "5e233ede961fb81554ca55165f3f68fce6b7f97baf5744f8bd585112e2d8256a",
+    (20, 32, 0, 0.9): "6ab52e20dc4718eaad1b28e303859e3897f454700504b86be4ccb33fd2ca62fc",
+    (5, 100, 7, 1.0): "1d3549d0d8a7fa677ad3c7744c39b2d7abe0ae6e33e04acabe42786129882e51",
+}
+
+
+@pytest.mark.parametrize("args", sorted(BEFORE_SPLIT))
+def test_images_bit_identical_to_before_the_module_split(args):
+    import hashlib
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch = generate_phantoms(*args)
+    finally:
+        torch.set_num_threads(before)
+    digest = hashlib.sha256(
+        batch.images.numpy().tobytes() + batch.labels.numpy().tobytes() + repr(batch.findings).encode()
+    ).hexdigest()
+    assert digest == BEFORE_SPLIT[args]
+
+
+def test_public_names_still_import_from_datasets_phantoms():
+    from datasets import phantom_anatomy, phantom_findings, phantoms
+
+    assert (
+        phantoms.Finding is phantom_findings.Finding
+        and phantoms.FINDING_WEIGHTS is phantom_findings.FINDING_WEIGHTS
+    )
+    assert issubclass(_Phantoms, phantom_anatomy.AnatomyMixin) and issubclass(
+        _Phantoms, phantom_findings.FindingsMixin
+    )
+    assert not hasattr(_Phantoms, "truncate")
