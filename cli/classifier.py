@@ -42,6 +42,11 @@ def train_classifier_cmd(
     workers: int | None = typer.Option(
         None, "--workers", help="DataLoader workers decoding images (default: spare cores, at most 4)."
     ),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        help="Comma-separated label columns to learn, e.g. big,small (default: all of the training data's).",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -70,6 +75,7 @@ def train_classifier_cmd(
             imagenet_weights=imagenet_weights,
             train_overrides=overrides,
             workers=workers,
+            labels=parse_labels(labels),
             progress=not quiet,
             log=lambda msg: console.print(msg, highlight=False),
         )
@@ -78,37 +84,82 @@ def train_classifier_cmd(
             console.print(evaluation_table(ev, title=f"validation ({ev['n_images']} images)"))
 
 
+def parse_labels(text: str | None) -> list[str] | None:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; ``None`` -> ``None`` (all of the data's labels)."""
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",")]
+    if not any(names) or not all(names):
+        from classifiers.errors import ClassifierError
+
+        raise ClassifierError(f"--labels: expected comma-separated label names, got {text!r}")
+    return names
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}".removeprefix("0")
 
 
+SECTIONS = (("auroc", "AUROC"), ("accuracy", "accuracy"), ("ece", "ECE"))
+
+
 def evaluation_table(result: dict[str, Any], title: str = "evaluation"):
-    """A rich table: rows = labels (AUROC), Any accuracy, ECE; columns = 0..5 squares and full."""
+    """A rich table: AUROC, accuracy and ECE of every evaluated label, then pooled ECE and BCE.
+
+    Rows name the label they report; columns are 0..5 observed squares and the full image. Every
+    cell may wrap (``overflow="fold"``), so nothing is cut off on a narrow console.
+    """
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
+    conditions = result["conditions"]
     table = Table(
         box=box.SIMPLE_HEAD,
         title=title,
-        caption="AUROC per label (pos: known positives); columns: observed squares (25% side)",
-        padding=(0, 1),
+        caption=(
+            f"columns: observed squares ({result.get('side_frac', 0.25):.0%} side); accuracy: p >= "
+            f"{result.get('threshold', 0.5)} is positive; ECE: {result.get('ece_bins', 15)} bins; "
+            "pos/neg: known labels"
+        ),
+        padding=(0, 0),
+        pad_edge=False,
     )
-    table.add_column("AUROC / metric", no_wrap=True, overflow="ellipsis", min_width=12)
-    for cond in result["conditions"]:
-        table.add_column(cond["name"].replace(" squares", " sq"), justify="right", no_wrap=True)
-    table.add_column("pos", justify="right", style="dim", no_wrap=True)
-    for i, label in enumerate(result["labels"]):
-        table.add_row(
-            label,
-            *(_fmt(c["auroc"][label]) for c in result["conditions"]),
-            str(result["positives"][label]),
-            end_section=i == len(result["labels"]) - 1,
-        )
-    table.add_row("accuracy Any", *(_fmt(c["accuracy_any"]) for c in result["conditions"]), "", style="bold")
-    table.add_row("ECE Any", *(_fmt(c["ece_any"]) for c in result["conditions"]), "")
-    table.add_row("ECE all", *(_fmt(c["ece_all"]) for c in result["conditions"]), "")
-    table.add_row("BCE loss", *(_fmt(c["loss"]) for c in result["conditions"]), "")
+    table.add_column("label", overflow="fold", min_width=6)
+    for cond in conditions:
+        table.add_column(cond["name"].replace(" squares", " sq"), justify="right", overflow="fold")
+    table.add_column("pos", justify="right", style="dim", overflow="fold")
+    table.add_column("neg", justify="right", style="dim", overflow="fold")
+    blank = [""] * (len(conditions) + 2)
+    for key, heading in SECTIONS:
+        table.add_row(Text(heading, style="bold"), *blank)
+        for i, label in enumerate(result["labels"]):
+            table.add_row(
+                label,
+                *(_fmt(c[key][label]) for c in conditions),
+                str(result["positives"][label]),
+                str(result["negatives"][label]),
+                end_section=i == len(result["labels"]) - 1,
+            )
+    table.add_row("ECE pooled", *(_fmt(c["ece_all"]) for c in conditions), "", "")
+    table.add_row("BCE loss", *(_fmt(c["loss"]) for c in conditions), "", "")
     return table
+
+
+def evaluation_notes(result: dict[str, Any]) -> list[str]:
+    """Lines printed under the table: labels left out, undefined AUROCs, overlap allowed."""
+    notes = []
+    left = result.get("left_out", {})
+    if left.get("data_only"):
+        notes.append(f"left out (the classifier has no output for them): {', '.join(left['data_only'])}")
+    if left.get("classifier_only"):
+        notes.append(f"left out (not in the data): {', '.join(left['classifier_only'])}")
+    if result.get("undefined"):
+        undefined = ", ".join(result["undefined"])
+        notes.append(f"n/a: no positive or no negative example in the data for {undefined}")
+    if result.get("training_overlap"):
+        notes.append(f"warning: {result['training_overlap']} (allowed by --allow-training-images)")
+    return notes
 
 
 def evaluate_classifier_cmd(
@@ -122,22 +173,45 @@ def evaluate_classifier_cmd(
     split: str = typer.Option("test", "--split", help="train, val or test."),
     n: int | None = typer.Option(1000, "--n", help="Number of images (0 = all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation masks (and of phantoms)."),
+    split_seed: int | None = typer.Option(
+        None,
+        "--split-seed",
+        help="Split seed of file sources (default: the one the classifier was trained with).",
+    ),
+    label: list[str] | None = typer.Option(
+        None, "--label", help="Report only this label (repeatable; default: all labels shared with the data)."
+    ),
+    allow_training_images: bool = typer.Option(
+        False, "--allow-training-images", help="Evaluate even on images the classifier was trained on."
+    ),
     preset: str = typer.Option("cpu", "--preset", help="Preset of the shipped checkpoint (with 'shipped')."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """AUROC per finding and Any, accuracy of Any, at 0-5 observed squares (25% side) and full image."""
+    """AUROC, accuracy and ECE per label at 0-5 observed squares (25% side) and on the full image."""
     with user_errors():
         from classifiers.evaluate import evaluate_dataset
         from classifiers.partial import load_classifier
 
         clf = load_classifier(None if checkpoint == "shipped" else checkpoint, preset=preset, device=device)
-        from datasets import open_dataset
+        from datasets import DEFAULT_SPLIT_SEED, open_dataset
 
+        if split_seed is None:
+            trained = (clf.meta.get("data") or {}).get("train") or {}
+            recorded = trained.get("split_seed") if isinstance(trained, dict) else None
+            split_seed = recorded if isinstance(recorded, int) else DEFAULT_SPLIT_SEED
         ds = open_dataset(
-            images, split=split, size=clf.image_size, n=n or None, data_root=data_root, seed=seed
+            images,
+            split=split,
+            size=clf.image_size,
+            n=n or None,
+            data_root=data_root,
+            seed=seed,
+            split_seed=split_seed,
         )
-        result = evaluate_dataset(clf, ds, seed=seed)
+        result = evaluate_dataset(
+            clf, ds, only=label or None, allow_training_images=allow_training_images, seed=seed
+        )
         result["checkpoint"] = {"name": clf.name, "sha256": clf.sha256, "temperature": clf.temperature}
         if as_json:
             typer.echo(json.dumps(result, indent=2))
@@ -145,12 +219,8 @@ def evaluate_classifier_cmd(
         console.print(
             evaluation_table(result, title=f"{clf.name} on {images}/{split} ({result['n_images']} images)")
         )
-        if result["undefined"]:
-            console.print(
-                f"n/a: no positive or no negative example in the data for {', '.join(result['undefined'])}",
-                style="dim",
-                highlight=False,
-            )
+        for note in evaluation_notes(result):
+            console.print(note, style="dim", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
