@@ -240,6 +240,19 @@ def simulate(
 def _check_out(out: Path | None, run_id: str | None) -> None:
     """Before any work: the report folder (``--out``, else ``runs/``) can be created and written
     (a probe file), and ``--out`` holds no other run's report (``run_id`` None: a new run)."""
+    from boed.errors import BoedError
+
+    folder = _check_writable(out)
+    owner = _other_report(folder, run_id) if out is not None else None
+    if owner is not None:
+        raise BoedError(
+            f"--out {folder} already holds the report of {owner}; give each run its own folder "
+            "(or remove that report)"
+        )
+
+
+def _check_writable(out: Path | None) -> Path:
+    """Create the report folder (``--out``, else ``runs/``) and write a probe file there."""
     import tempfile
 
     from boed.errors import BoedError
@@ -252,12 +265,7 @@ def _check_out(out: Path | None, run_id: str | None) -> None:
             pass
     except OSError as exc:
         raise BoedError(f"{what}: cannot write the report there: {exc.strerror or exc}") from None
-    owner = _other_report(folder, run_id) if out is not None else None
-    if owner is not None:
-        raise BoedError(
-            f"--out {folder} already holds the report of {owner}; give each run its own folder "
-            "(or remove that report)"
-        )
+    return folder
 
 
 def _other_report(folder: Path, run_id: str | None) -> str | None:
@@ -454,6 +462,7 @@ def report(
         from boed.report import build_report, load_target_summary
         from boed.store import Store
 
+        _check_writable(out)
         store = Store.open(db)
         if run_id == "latest":
             run_id = store.latest_run_id() or ""
