@@ -94,10 +94,11 @@ def prior_decision(
     size = candidates.image_size
     device = getattr(classifier, "device", "cpu")
     observed = torch.zeros(1, 1, size, size, device=device)
-    completions = sampler.sample(observed, observed, n_samples, generator=generator)
-    eig, ig = expected_information_gain(
-        classifier, observed, observed, completions, candidates, target, memory_budget=memory_budget
-    )
+    with at_step(1):
+        completions = sampler.sample(observed, observed, n_samples, generator=generator)
+        eig, ig = expected_information_gain(
+            classifier, observed, observed, completions, candidates, target, memory_budget=memory_budget
+        )
     return PriorDecision(completions, eig, ig)
 
 
@@ -139,7 +140,7 @@ def run_session(
     on_step: Callable[[StepRecord], None] | None = None,
     on_array: Callable[[int, str, np.ndarray], None] | None = None,
     figure_completions: int = 0,
-    prior_decision: PriorDecision | None = None,
+    prior_decision: PriorDecision | Callable[[], PriorDecision | None] | None = None,
 ) -> SessionResult:
     """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
 
@@ -160,7 +161,9 @@ def run_session(
         figure_completions: how many completions (and their IG maps) to keep per step.
         prior_decision: the first decision's completions and EIG, shared by every session of a
             run (see :func:`prior_decision`): with nothing observed, the posterior is the prior
-            for every image, so it is computed once instead of once per session.
+            for every image, so it is computed once instead of once per session. A callable is
+            called only when the first decision is due (so an error in it is reported at step 1,
+            after step 0's own checks); it may return None (then the session samples itself).
     """
     if image.dim() == 3:
         image = image[None]
@@ -203,8 +206,11 @@ def run_session(
         )
         ig = completions = None
         with at_step(step):
+            prior = None
             if policy.needs_eig and prior_decision is not None and not bool(mask.any()):
-                completions, state.eig, ig = prior_decision
+                prior = prior_decision() if callable(prior_decision) else prior_decision
+            if prior is not None:
+                completions, state.eig, ig = prior
             elif policy.needs_eig:
                 completions = sampler.sample(observed, mask, n_samples, generator=generator)
                 state.eig, ig = expected_information_gain(

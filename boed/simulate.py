@@ -570,7 +570,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
                 on_step=on_step,
                 on_array=on_array if figure else None,
                 figure_completions=config.figure_completions if figure else 0,
-                prior_decision=context.prior() if needs_eig else None,
+                prior_decision=context.prior if needs_eig else None,
             )
     except (KeyboardInterrupt, SystemExit):
         raise

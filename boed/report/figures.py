@@ -48,7 +48,8 @@ def plot_performance(summary: pd.DataFrame, path: Path, label: str) -> Path:
         ax.grid(alpha=0.3)
         if len(curves):
             ax.set_xticks(sorted(curves["scans"].unique()))
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # nothing to plot when every session failed
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -432,8 +432,8 @@ def test_nan_classifier_fails_the_session_naming_the_step(world, grid):
     from tests.boed.toys import NaNClassifier
 
     image = world.images[1:2]
-    # NaN only once two patches are seen: steps 0 and 1 are fine, step 2's prediction is not
-    clf = NaNClassifier(world, from_pixels=2 * world.patch**2)
+    # NaN once more than one patch is seen: steps 0 and 1 are fine, step 2's views are not
+    clf = NaNClassifier(world, from_pixels=world.patch**2 + 1)
     logged = []
     with pytest.raises(
         BoedError, match=r"step 2: the classifier returned non-finite probabilities: \d+ of 15 values are NaN"
@@ -447,7 +447,7 @@ def test_nan_classifier_fails_the_session_naming_the_step(world, grid):
             on_step=logged.append,
         )
     assert [r.step for r in logged] == [0, 1] and all(math.isfinite(p) for r in logged for p in r.probs)
-    # the EIG of step 2 asks about views with two patches: it fails there, before any choice
+    # the EIG of step 2 asks about views with more than one patch: it fails there, before any choice
     with pytest.raises(BoedError, match="step 2: the classifier returned non-finite"):
         run_session(image, classifier=clf, policy=get_policy("boed"), candidates=grid, scans=3,
                     sampler=PosteriorSampler(world), n_samples=4)  # fmt: skip

@@ -300,3 +300,25 @@ def test_other_training_source_warns_and_is_recorded(toys, tmp_path, monkeypatch
     _, run = _run_record(tmp_path)
     assert any("folder images" in w and "dicom images" in w for w in run.dataset["warnings"])
     assert "warning: the classifier checkpoint" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_a_nan_checkpoint_fails_every_session_and_says_so(toys, tmp_path, monkeypatch):
+    """A classifier whose outputs are NaN (a NaN weight) must not produce 'done' sessions with null
+    probabilities: every session fails with the reason, the failed count is true, the report builds."""
+    import classifiers
+    from tests.boed.toys import NaNClassifier, ToyWorld
+
+    world = ToyWorld(size=32, patch=8, seed=4)
+    monkeypatch.setattr(classifiers, "load_classifier", lambda *a, **k: NaNClassifier(world))
+    result = runner.invoke(app, _args(tmp_path))
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "12 failed sessions" in _flat(result.stdout)
+    store, run = _run_record(tmp_path)
+    sessions = store.sessions(run.run_id)
+    assert len(sessions) == 12 and (sessions["status"] == "failed").all()
+    errors = sessions.set_index("policy")["error"]
+    assert errors.drop("full-image").str.contains("step 0: the classifier returned non-finite").all()
+    assert errors["full-image"].str.contains("the classifier returned non-finite probabilities").all()
+    assert store.steps(run.run_id, status=None)["eig"].isna().all()  # no NaN EIG recorded as a result
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "Failed sessions" in html and "non-finite probabilities" in html
