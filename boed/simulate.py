@@ -292,10 +292,26 @@ def check_provenance(
             )
         if overlap:
             warnings.append(f"the {what} checkpoint was trained on these images ({overlap}); allowed")
-        mismatch = source_mismatch(data, description)
+        mismatch = source_mismatch(data, description) or _unfingerprinted_source_mismatch(data, description)
         if mismatch:
             warnings.append(f"the {what} checkpoint was trained on other data: {mismatch}")
     return warnings
+
+
+def _unfingerprinted_source_mismatch(data: dict[str, Any], description: dict[str, Any]) -> str | None:
+    """The source check for a training record without a fingerprint, which
+    ``datasets.provenance.source_mismatch`` skips: the shipped phantom checkpoints were recorded
+    before fingerprints existed, and they are exactly the ones run on real radiographs by mistake."""
+    train = data.get("train")
+    if not isinstance(train, dict) or train.get("fingerprint") or not train.get("source"):
+        return None
+    source = description.get("source")
+    if source and source != train["source"]:
+        return (
+            f"the checkpoint was trained on {train['source']} images but the data are {source} images: "
+            "its outputs may be meaningless on them"
+        )
+    return None
 
 
 def _training_data(part: Any) -> bool:

@@ -495,3 +495,32 @@ def test_non_finite_models_fail_sessions_in_a_run_and_are_counted(world):
     assert all(status[(i, p)]["status"] == "done" for i in range(2) for p in ("random", "oracle", FULL_IMAGE))
     assert int(store.runs[run_id]["timings"]["failed_sessions"]) == 2
     assert not any(r["eig"] is not None and not math.isfinite(r["eig"]) for r in store.steps)
+
+
+def test_shipped_phantom_checkpoints_warn_on_other_sources():
+    """The shipped checkpoints' training record has no fingerprint; the source check still applies."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from boed.simulate import check_provenance
+
+    root = Path(__file__).parents[2]
+    parts = {
+        "classifier": SimpleNamespace(
+            meta=json.loads((root / "classifiers/weights/phantom-cpu.json").read_text())
+        ),
+        "sampler": SimpleNamespace(
+            meta=json.loads((root / "generative/weights/aipo-phantom-cpu.json").read_text())
+        ),
+    }
+    folder = {"source": "folder", "fingerprint": "f" * 64, "split": "test", "split_seed": 0}
+    warnings = check_provenance(parts, folder, allow_training_images=False)
+    assert len(warnings) == 2 and all("phantoms images but the data are folder images" in w for w in warnings)
+    assert warnings[0].startswith("the classifier checkpoint") and warnings[1].startswith(
+        "the sampler checkpoint"
+    )
+    assert check_provenance(parts, {"source": "phantoms", "split": "test"}, allow_training_images=False) == []
+    assert (
+        check_provenance({"classifier": SimpleNamespace(meta={})}, folder, allow_training_images=False) == []
+    )
