@@ -11,7 +11,16 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, err_console, user_errors
+from cli.common import (
+    ALLOW_MODALITY_OPTION,
+    ALLOW_SYMLINKS_OPTION,
+    MAX_PIXELS_OPTION,
+    SPLIT_SEED_OPTION,
+    console,
+    dataset_options,
+    err_console,
+    user_errors,
+)
 
 data_app = typer.Typer(
     help="Datasets: export the built-in phantoms, preview any image source.", no_args_is_help=True
@@ -46,7 +55,7 @@ IMAGES = typer.Option(
 )
 DATA_ROOT = typer.Option(None, "--data-root", help="Folder of a file-based source [env: BOED_DATA_ROOT].")
 SIZE = typer.Option(64, "--size", min=16, help="Image side in pixels.")
-SEED = typer.Option(0, "--seed", help="Phantom seed / subset and split seed.")
+SEED = typer.Option(0, "--seed", help="Phantom seed; the n-image subset of a file split (not the split).")
 SKIP_BAD = typer.Option(
     False, "--skip-bad", help="Log and skip bad files and label rows instead of stopping."
 )
@@ -120,14 +129,30 @@ def preview(
     size: int = SIZE,
     seed: int = SEED,
     skip_bad: bool = SKIP_BAD,
+    split_seed: int = SPLIT_SEED_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    allow_symlinks: bool = ALLOW_SYMLINKS_OPTION,
+    allow_modality: list[str] = ALLOW_MODALITY_OPTION,
 ) -> None:
     """Write a grid of images with their labels (and finding outlines for phantoms)."""
     from datasets import open_dataset
     from datasets.preview import write_preview
 
     with user_errors():
+        options = dataset_options(
+            split_seed=split_seed,
+            max_pixels=max_pixels,
+            allow_symlinks=allow_symlinks,
+            allow_modality=allow_modality,
+        )
         ds = open_dataset(
-            images.value, split=split.value, size=size, data_root=data_root, seed=seed, skip_bad=skip_bad
+            images.value,
+            split=split.value,
+            size=size,
+            data_root=data_root,
+            seed=seed,
+            skip_bad=skip_bad,
+            **options,
         )
         if len(ds) == 0:
             raise typer.BadParameter(f"no images in split {split.value}", param_hint="--split")
