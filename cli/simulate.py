@@ -95,9 +95,14 @@ def simulate(
     scans: int = typer.Option(5, "--scans", help="Scans per session."),
     n_images: int = typer.Option(DEFAULT_N_IMAGES, "--n-images", help="Test images to simulate."),
     n_samples: int | None = typer.Option(
-        None, "--n-samples", help="Completions N per decision (preset: 10)."
+        None,
+        "--n-samples",
+        help="Completions N per decision (preset: 10); refused when a decision's estimated memory "
+        "(boed.simulate.decision_memory) exceeds what the device has free.",
     ),
-    grid: int | None = typer.Option(None, "--grid", help="Candidate grid G x G (preset: 17)."),
+    grid: int | None = typer.Option(
+        None, "--grid", help="Candidate grid G x G (preset: 17); at most the scan positions per side."
+    ),
     sampler: str = typer.Option("aipo", "--sampler", help="Sampler name (generative.registry)."),
     sampler_checkpoint: Path | None = typer.Option(
         None, "--sampler-checkpoint", help="Sampler checkpoint (default: the shipped one of the preset)."

@@ -322,3 +322,49 @@ def test_decision_memory_formula():
     assert decision_memory(config) == 9 * k * s2 + 4 * n * s2 * 65 + 24 * n * k + 4 * 1000
     bigger = SimulationConfig(image_size=32, patch_size=8, grid=5, n_samples=8, memory_budget=1000)
     assert decision_memory(bigger) - decision_memory(config) == 4 * 4 * s2 * 65 + 24 * 4 * k
+
+
+def test_a_really_full_database_mid_run(toys, tmp_path, monkeypatch):
+    """SQLite's own "database or disk is full" (a page limit set after 4 sessions), end to end."""
+    from sqlalchemy import event
+
+    import boed.store.engine as engine_module
+
+    limit = {"pages": None}
+    recipe = engine_module._apply_sqlite_recipe
+
+    def recipe_with_limit(engine):
+        recipe(engine)
+
+        @event.listens_for(engine, "connect")
+        def _limit(dbapi_connection, _record):
+            if limit["pages"]:
+                dbapi_connection.execute(f"PRAGMA max_page_count={limit['pages']}")
+
+    monkeypatch.setattr(engine_module, "_apply_sqlite_recipe", recipe_with_limit)
+    real = Store.finish_session
+    finished = {"n": 0}
+
+    def fill_up_after_four(self, session_id, **kwargs):
+        real(self, session_id, **kwargs)
+        finished["n"] += 1
+        if finished["n"] == 4:
+            with self.engine.connect() as conn:
+                limit["pages"] = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            self.engine.dispose()  # new connections get the limit
+
+    monkeypatch.setattr(Store, "finish_session", fill_up_after_four)
+    first = runner.invoke(app, _args(tmp_path, "--figures", "3", out=None))
+    assert first.exit_code == 2, first.output
+    assert "database or disk is full" in _one_line(first.stderr)
+    limit["pages"] = None
+    monkeypatch.setattr(Store, "finish_session", real)
+    store = _store(tmp_path)
+    run_id = store.latest_run_id()
+    counts = store.session_counts(run_id)
+    assert counts["done"] >= 4 and counts.get("running") == 1 and "failed" not in counts
+    run = store.get_run(run_id)  # marked when that small update still fit, else left running
+    assert run.status == "running" or "database or disk is full" in run.error
+    print(f"\nfull database: {counts}, run {run.status}: {run.error}")
+    assert runner.invoke(app, _resume(tmp_path, run_id)).exit_code == 0
+    assert store.session_counts(run_id) == {"done": SESSIONS}
