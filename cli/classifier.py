@@ -162,6 +162,14 @@ def evaluation_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
+def training_split_seed(meta: dict[str, Any], default: int) -> int:
+    """The split seed of a checkpoint's training data (``meta["data"]["train"]``), else ``default``."""
+    data = meta.get("data")
+    trained = data.get("train") if isinstance(data, dict) else None
+    recorded = trained.get("split_seed") if isinstance(trained, dict) else None
+    return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else default
+
+
 def evaluate_classifier_cmd(
     checkpoint: str = typer.Argument(
         ..., help="Classifier checkpoint (either file or the stem), or 'shipped'."
@@ -197,9 +205,7 @@ def evaluate_classifier_cmd(
         from datasets import DEFAULT_SPLIT_SEED, open_dataset
 
         if split_seed is None:
-            trained = (clf.meta.get("data") or {}).get("train") or {}
-            recorded = trained.get("split_seed") if isinstance(trained, dict) else None
-            split_seed = recorded if isinstance(recorded, int) else DEFAULT_SPLIT_SEED
+            split_seed = training_split_seed(clf.meta, DEFAULT_SPLIT_SEED)
         ds = open_dataset(
             images,
             split=split,

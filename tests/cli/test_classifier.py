@@ -163,6 +163,14 @@ def test_training_images_are_refused_unless_allowed(own, own_open_dataset):
     assert own_open_dataset[-1]["split_seed"] == 0
 
 
+def test_training_split_seed_is_read_defensively():
+    from cli.classifier import training_split_seed
+
+    assert training_split_seed({"data": {"train": {"split_seed": 7}}}, 0) == 7
+    for meta in ({}, {"data": "x"}, {"data": {"train": None}}, {"data": {"train": {"split_seed": True}}}):
+        assert training_split_seed(meta, 3) == 3
+
+
 def test_data_without_any_label_of_the_classifier(own, fake_open_dataset):
     result = runner.invoke(app, ["evaluate-classifier", str(own), "--images", "phantoms"])
     assert result.exit_code == 2 and "no label in common" in result.stderr
