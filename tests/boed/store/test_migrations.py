@@ -237,3 +237,19 @@ def test_a_full_database_raises_store_write_error_and_keeps_what_was_written(tmp
     engine.dispose()
     counts = store.session_counts(run_id)
     assert counts == {"done": 1, "running": 1} and store.load_arrays(sid2) == {}
+
+
+def test_refused_values_are_not_write_faults(store):
+    """The simulation fails one session for a plain StoreError and stops the run for a
+    StoreWriteError: values that do not fit must never raise the latter."""
+    run_id = _make_run(store)
+    sid = store.start_session(run_id, image_id="a", image_index=0, policy="p", true_labels=[0, 0, 0])
+    step = dict(step=0, location=None, candidate=None, eig=None, eig_map=None, seconds=0.1)
+    for call in (
+        lambda: store.log_step(sid, probs=[0.5, 0.5], **step),
+        lambda: store.save_array(sid, 0, "names", np.array(["x"])),
+        lambda: store.log_step(sid, probs=["a", "b", "c"], **step),
+    ):
+        with pytest.raises(StoreError) as err:
+            call()
+        assert not isinstance(err.value, StoreWriteError)
