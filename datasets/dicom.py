@@ -31,7 +31,7 @@ What is refused, each with one :class:`DatasetError` naming the file and saying 
   in ``allow_modalities``;
 - absurd sizes: Rows x Columns x SamplesPerPixel x NumberOfFrames over ``max_pixels``, checked from
   the header before the pixel data is read or decoded (an RLE bomb never expands); native
-  (uncompressed) pixel data shorter than the declared size;
+  (uncompressed) pixel data shorter than the declared size, or twice as long or more;
 - non-finite values: NaN/inf pixels (float pixel data), a NaN/inf Rescale Slope or Intercept, a
   zero slope, a NaN window centre, a window width that is NaN or <= 0;
 - anything else pydicom raises on a malformed file (bad VRs, multi-valued UIDs...) becomes a
@@ -348,6 +348,11 @@ def _check_header_fields(ds, path: Path, max_pixels: int, allowed: set[str]) -> 
             raise DatasetError(
                 f"{pixel_key} holds {length:,} bytes but the header declares {rows}x{cols} of {bits} bits "
                 f"= {declared:,} bytes (truncated or inconsistent)"
+            )
+        if length >= 2 * declared + 2:  # a padding byte or a few are fine; twice the image is not
+            raise DatasetError(
+                f"{pixel_key} holds {length:,} bytes, far more than the {rows}x{cols} of {bits} bits "
+                f"(= {declared:,} bytes) the header declares (inconsistent Rows/Columns/BitsAllocated)"
             )
     _check_value_attributes(ds)
     return str(uid)

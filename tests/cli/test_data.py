@@ -245,3 +245,36 @@ def test_check_training_data_helper(capsys):
     warnings = check_training_data(trained, dict(test, source="dicom"))
     assert len(warnings) == 1 and "trained on folder images" in warnings[0]
     assert "warning:" in capsys.readouterr().err
+
+
+def test_preview_png_bomb_is_one_line_and_skipped(tmp_path, runner):
+    import struct
+    import zlib
+
+    root = _folder(tmp_path / "f", n=3)
+    side = 20000  # 400 Mpx, 1 bit: a ~48 KB file that PIL would refuse with a traceback
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (1 + side // 8)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    (root / "i1.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+    refused = runner.invoke(app, _preview(tmp_path, root))
+    assert (
+        refused.exit_code == 2
+        and "Traceback" not in refused.output
+        and "DecompressionBomb" not in refused.output
+    )
+    assert (
+        len(refused.stderr.strip().splitlines()) == 1
+        and "i1.png: declared image size = 400.0 Mpx" in refused.stderr
+    )
+    skipped = runner.invoke(app, _preview(tmp_path, root, "--skip-bad"))
+    assert (
+        skipped.exit_code == 0 and "2 of 2 folder images" in skipped.stdout and "max_pixels" in skipped.stderr
+    )

@@ -207,6 +207,9 @@ def test_native_pixel_data_shorter_than_declared(tmp_path):
         save(ds, tmp_path / "short.dcm"),
         r"PixelData holds 32 bytes but the header declares 100x100 of 16 bits = 20,000",
     )
+    ds = cr(np.zeros((64, 64), np.uint16))
+    ds.Rows, ds.Columns = 8, 8
+    refused(save(ds, tmp_path / "long.dcm"), r"PixelData holds 8,192 bytes, far more than the 8x8 of 16 bits")
 
 
 # -- DICOM headers ----------------------------------------------------------------------------------
