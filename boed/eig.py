@@ -1,11 +1,10 @@
 """Expected information gain (EIG) of every candidate scan location, batched.
 
 Eq. 17 of Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models"
-(../shared/papers/001_acb47c175b470c6b.txt, §5; the greedy one-step design of Harvey et al. 2019,
-"Near-optimal glimpse sequences"). With the current observation ``x * m``, completions
-``I_1..I_N`` drawn from (an approximation of) ``p(I | x * m)`` with normalised weights ``w_n``
-(``1/N`` for plain samples), a classifier ``g`` on partial views and a candidate patch ``c`` with
-mask ``m_c = m OR patch(c)``:
+(2021, §5; the greedy one-step design of Harvey et al. 2019, "Near-optimal glimpse sequences").
+With the current observation ``x * m``, completions ``I_1..I_N`` drawn from (an approximation of)
+``p(I | x * m)`` with normalised weights ``w_n`` (``1/N`` for plain samples), a classifier ``g`` on
+partial views and a candidate patch ``c`` with mask ``m_c = m OR patch(c)``:
 
     IG_n(c) = H[g(v | x * m, m)] - H[g(v | I_n * m_c, m_c)]
     EIG(c)  = sum_n w_n IG_n(c)

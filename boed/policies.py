@@ -1,6 +1,7 @@
 """Scan policies: where to scan next, given what has been seen.
 
-- ``boed``: the argmax of the EIG map (Eq. 17, maximised: footnote 6 of 001_acb47c175b470c6b.txt).
+- ``boed``: the argmax of the EIG map (Eq. 17 of Harvey, Naderiparizi & Wood, "Image Completion
+  via Inference in Deep Generative Models", 2021; maximised, their footnote 6).
 - ``random``: a uniformly random candidate among those that reveal something new.
 - ``raster``: the next candidate in row-major order that overlaps nothing seen so far (a tiling),
   else the one revealing the most new pixels.

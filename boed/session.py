@@ -1,6 +1,7 @@
 """One scan session: choose, scan, predict, log; repeated for a number of scans.
 
-The loop of docs/ARCHITECTURE.md (and §5 of 001_acb47c175b470c6b.txt)::
+The loop of docs/ARCHITECTURE.md (and §5 of Harvey, Naderiparizi & Wood, "Image Completion via
+Inference in Deep Generative Models", 2021)::
 
     m = 0;  p_0 = g(v | x*m, m)                               step 0, before any scan
     for t = 1..T:

@@ -2,7 +2,8 @@
 
 - :mod:`boed.report.metrics`: accuracy, AUROC and entropy vs number of scans (pure functions).
 - :mod:`boed.report.figures`: Fig. 5 (accuracy vs scans) and Fig. 6-style EIG visualisations of
-  001_acb47c175b470c6b.txt (matplotlib, Agg backend, imported inside the functions).
+  Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models" (2021)
+  (matplotlib, Agg backend, imported inside the functions).
 - :func:`build_report`: writes the PNGs and an ``index.html`` that needs no network access.
 """
 

@@ -1,6 +1,6 @@
 """Figures of the report: Fig. 5 (performance vs scans) and Fig. 6 (the EIG at work).
 
-As in Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models":
+As in Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep Generative Models" (2021):
 Fig. 5 plots the accuracy of the prediction of the run's target (the paper's ``Any``; here
 whichever label the run targeted) against the number of scans per policy; Fig. 6 shows, for each
 step, the observation so far, several completions each overlaid with its information-gain map,
