@@ -74,16 +74,19 @@ def too_large(what: str, pixels: int, max_pixels: int) -> str:
 def _open_image(path: Path, max_pixels: int):
     """``Image.open`` (header only) with the size checked against ``max_pixels``."""
     Image, _ = _pil()
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # a cap raised on purpose: let PIL open up to it
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides
-            im = Image.open(path)
+            if limit is not None and max_pixels > limit:
+                Image.MAX_IMAGE_PIXELS = max_pixels  # a cap raised on purpose: PIL opens up to it
+            im = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as exc:  # over twice PIL's limit: PIL refuses to open it
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = int(found.group(1)) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
         raise DatasetError(too_large("declared image size", pixels, max_pixels), path) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     w, h = im.size
     frames = getattr(im, "n_frames", 1)
     if w * h > max_pixels:

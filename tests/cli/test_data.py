@@ -272,7 +272,7 @@ def test_preview_png_bomb_is_one_line_and_skipped(tmp_path, runner):
     )
     assert (
         len(refused.stderr.strip().splitlines()) == 1
-        and "i1.png: declared image size = 400.0 Mpx" in refused.stderr
+        and "i1.png: declared image size = 400.0 Mpx exceeds max_pixels" in refused.stderr
     )
     skipped = runner.invoke(app, _preview(tmp_path, root, "--skip-bad"))
     assert (

@@ -157,7 +157,9 @@ def test_moderate_pil_bomb_against_a_lower_cap(tmp_path):
     )
     assert read_image_file(path, max_pixels=8_000_000).shape == (2500, 3000)
     # a raised cap above PIL's own limit still reads (PIL's limit is raised with it)
+    limit = Image.MAX_IMAGE_PIXELS
     assert read_image_file(path, max_pixels=300_000_000).shape == (2500, 3000)
+    assert Image.MAX_IMAGE_PIXELS == limit  # PIL's global limit is raised for the open only
 
 
 def test_large_jpeg_decoded_at_reduced_size(tmp_path):
