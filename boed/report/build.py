@@ -57,8 +57,15 @@ def load_target_summary(
     config = run.config or {}
     scans = int(config.get("scans", 5))
     policies = [p for p in config.get("policies", []) if p != FULL_IMAGE] or None
-    tables = [summarise(store.predictions(run_id, label=name), scans, policies) for name in target.labels]
-    summary = tables[0] if len(tables) == 1 else _macro_mean(tables)
+    if len(target.labels) == 1:
+        summary = summarise(store.predictions(run_id, label=target.labels[0]), scans, policies)
+    else:  # one query, then one summary per label
+        predictions = store.predictions(run_id)
+        by_label = {name: frame for name, frame in predictions.groupby("label", sort=False)}
+        empty = predictions.iloc[:0]
+        summary = _macro_mean(
+            [summarise(by_label.get(name, empty), scans, policies) for name in target.labels]
+        )
     summary.insert(0, "target", target.name)
     return run, target, summary
 
