@@ -105,10 +105,12 @@ def prior_decision(
 
 @contextmanager
 def at_step(step: int) -> Iterator[None]:
-    """Prefix a :class:`BoedError` raised inside with ``step N:`` (which decision failed)."""
+    """Prefix a :class:`BoedError` raised inside with ``step N:`` (which decision failed), once."""
     try:
         yield
     except BoedError as exc:
+        if str(exc).startswith("step "):  # already says which step (the shared first decision)
+            raise
         raise BoedError(f"step {step}: {exc}") from exc
 
 
