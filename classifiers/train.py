@@ -127,7 +127,7 @@ class Validator:
         from datasets.masks import classifier_masks
 
         n, size = images.shape[0], images.shape[-1]
-        self.images = torch.cat([images, images])
+        self.images = images  # each image twice: under the classifier masks, then fully observed
         self.masks = torch.cat([classifier_masks(n, size, generator), torch.ones(n, 1, size, size)])
         self.labels = torch.cat([labels, labels]).float()
         self.names = list(names)
@@ -139,10 +139,10 @@ class Validator:
         device = next(model.parameters()).device
         out = []
         with torch.inference_mode():
-            for s in range(0, len(self.images), 256):
-                out.append(
-                    model(self.images[s : s + 256].to(device), self.masks[s : s + 256].to(device)).cpu()
-                )
+            for s in range(0, 2 * self.n, 256):
+                rows = torch.arange(s, min(s + 256, 2 * self.n))
+                x = self.images[rows % self.n].to(device)
+                out.append(model(x, self.masks[rows].to(device)).cpu())
         model.train(was_training)
         return torch.cat(out)
 
