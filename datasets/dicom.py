@@ -209,7 +209,7 @@ def _check_truncation(ds, path: Path, size: int) -> None:
             name = keyword_for_tag(tag) or "element"
             raise DatasetError(
                 f"truncated file: {name} {tag} declares {length:,} bytes at offset {tell:,} but the "
-                f"file ends at {size:,} bytes",
+                f"file ends at {size:,} bytes (cut short, or a corrupt element length)",
                 path,
             )
     if not len(ds):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -150,7 +150,7 @@ OPS = st.lists(
 @given(seed=st.integers(0, N_SEEDS - 1), ops=OPS)
 def test_mutated_headers_only_raise_dataset_error(seed, ops):
     with tempfile.TemporaryDirectory() as tmp:
-        load(mutate(seeds()[seed], ops), Path(tmp) / "fuzz.dcm")
+        event(load(mutate(seeds()[seed], ops), Path(tmp) / "fuzz.dcm"))  # --hypothesis-show-statistics
 
 
 def test_seed_files_read():
