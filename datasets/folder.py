@@ -401,7 +401,10 @@ class FileDataset(ImageDataset):
         if not self.skip_bad:
             return super().tensors()
         images, keep = [], []
+        known_bad = self.__dict__.get("_bad_items", set())  # already recorded by ds[i]
         for i in range(len(self)):
+            if i in known_bad:
+                continue
             try:
                 img, _ = self._load(i)
             except DatasetError as exc:

@@ -318,21 +318,27 @@ def test_decode_failure_skipped_with_skip_bad(decode_failures):
     assert (
         images.shape == (4, 1, 8, 8) and labels.shape[0] == 4 and "broken.dcm" not in ds.ids and len(ds) == 4
     )
+    assert len(ds.skipped) == 1  # met twice, counted once
 
 
 def test_truncated_jpeg_skipped_at_decode_time(tmp_path):
     root = tmp_path / "jpg"
     root.mkdir()
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64)).astype(np.uint8)
     for name in ("a", "b", "c"):
-        Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1)), mode="L").save(root / f"{name}.jpg")
-    (root / "b.jpg").write_bytes((root / "b.jpg").read_bytes()[:300])
+        Image.fromarray(noise, mode="L").save(root / f"{name}.jpg", quality=95)
+    raw = (root / "b.jpg").read_bytes()
+    (root / "b.jpg").write_bytes(raw[: len(raw) * 2 // 3])  # cut inside the scan data
+    check_image_file(root / "b.jpg")  # the header is intact: only decoding fails
     (root / "labels.csv").write_text("image,x\na.jpg,1\nb.jpg,0\nc.jpg,1\n")
     with pytest.raises(DatasetError, match=r"b\.jpg: unreadable or corrupt image"):
         FolderDataset(root, split="all", size=16).tensors()
     ds = FolderDataset(root, split="all", size=16, skip_bad=True)
+    assert len(ds) == 3 and ds.skipped == []
+    assert [ds[i]["idx"] for i in range(3)] == ["a.jpg", "c.jpg", "c.jpg"]  # b replaced by the next good
     images, labels = ds.tensors()
     assert ds.ids == ["a.jpg", "c.jpg"] and images.shape[0] == 2 and labels[:, 0].tolist() == [1, 1]
-    assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("b.jpg")
+    assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("b.jpg")  # counted once
 
 
 # -- non-radiographs --------------------------------------------------------------------------------
