@@ -12,6 +12,12 @@ Sources, all behind :func:`open_dataset`:
 - ``"folder"``: a folder of PNG/JPEG images with a labels CSV (:mod:`datasets.folder`);
 - ``"chestxray"``: ChestX-ray14 when a data root is given (argument or ``BOED_DATA_ROOT``), else
   the phantoms.
+
+Every dataset's ``describe()`` names its source, a fingerprint of the collection, the split and
+the split seed (:data:`datasets.base.DESCRIBE_KEYS`); :mod:`datasets.provenance` tells whether data
+may hold images a checkpoint was trained on, or is another source than its training data. File
+sources refuse hostile input with one-line :class:`~datasets.errors.DatasetError` messages (see
+:mod:`datasets.folder` and :mod:`datasets.dicom`).
 """
 
 from __future__ import annotations
