@@ -282,3 +282,43 @@ def test_ema_run_and_resume(tmp_path, fake_train, fake_val):
         **QUIET,
     )
     assert resumed.meta["training"]["state"]["step"] == 10
+
+
+def _png_folder(root, n=60, size=48):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    rows = ["image,big,small"]
+    for i in range(n):
+        img = rng.uniform(0.1, 0.3, (size, size))
+        big, small = int(rng.random() < 0.5), int(rng.random() < 0.5)
+        img[4:24, 4:24] += 0.6 * big
+        img[30:36, 30:36] += 0.6 * small
+        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(root / f"{i:03d}.png")
+        rows.append(f"{i:03d}.png,{big},{small}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_trains_from_an_image_folder_through_loader_workers(tmp_path):
+    """The streaming path end to end: PNGs decoded and resized by a DataLoader worker, own labels."""
+    root = _png_folder(tmp_path / "pngs")
+    result = train_classifier(
+        tmp_path / "folder",
+        preset="tiny",
+        device="cpu",
+        images="folder",
+        data_root=str(root),
+        workers=1,
+        train_overrides={"steps": 4, "val_every": 4, "batch_size": 8, "n_train": 0},
+        **QUIET,
+    )
+    meta = result.meta
+    assert meta["labels"] == ["big", "small"] and meta["training"]["loader_workers"] == 1
+    assert meta["data"]["train"]["source"] == "folder" and meta["data"]["val"]["split"] == "val"
+    assert meta["trained_on"]["source"] == "folder" and meta["trained_on"]["labels"] == ["big", "small"]
+    assert meta["trained_on"]["fingerprint"] == meta["data"]["train"]["fingerprint"]
+    assert len(meta["trained_on"]["fingerprint"]) == 64 and meta["trained_on"]["split_seed"] == 0
+    assert result.state.images_seen == 4 * 8
