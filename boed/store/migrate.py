@@ -33,8 +33,6 @@ def upgrade(engine: Engine) -> None:
     heads = set(script.get_heads())
     with engine.execution_options(**READ_OPTIONS).connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
-        if not current:
-            _refuse_unversioned_tables(conn, engine)
     if current == heads:
         return
     unknown = current - {rev.revision for rev in script.walk_revisions()}
@@ -48,6 +46,9 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        # only now, serialised: another process may have created the schema since the read above
+        if not MigrationContext.configure(conn).get_current_heads():
+            _refuse_unversioned_tables(conn, engine)
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
