@@ -101,8 +101,19 @@ def select_labels(data_labels: Sequence[str], wanted: Sequence[str] | None, what
     return [data_labels.index(x) for x in wanted]
 
 
+def check_binary(labels: torch.Tensor, names: Sequence[str], what: str) -> None:
+    """Raise :class:`ClassifierError` unless every known entry of ``labels`` ``(B, L)`` is 0 or 1."""
+    bad = ~torch.isnan(labels) & (labels != 0) & (labels != 1)
+    if bad.any():
+        row, col = (int(v) for v in bad.nonzero()[0])
+        raise ClassifierError(
+            f"{what} label {names[col]!r} has the value {float(labels[row, col]):g}: a classifier "
+            "label must be 0, 1 or unknown (make one binary column per class)"
+        )
+
+
 def batches(
-    loader: Any, columns: list[int], config: TrainConfig, *, rank: int, start_step: int
+    loader: Any, columns: list[int], config: TrainConfig, *, rank: int, start_step: int, names=None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless ``(x, m, y)`` batches from step ``start_step`` on.
 
@@ -115,7 +126,10 @@ def batches(
     for batch in loader:
         x = batch["img"]
         g = step_generator(config.seed, rank, step, MASK_STREAM)
-        yield x, training_masks(len(x), x.shape[-1], config, g), batch["lab"].index_select(1, cols)
+        y = batch["lab"].index_select(1, cols)
+        if names is not None:
+            check_binary(y, names, "training")
+        yield x, training_masks(len(x), x.shape[-1], config, g), y
         step += 1
 
 
@@ -247,7 +261,9 @@ def train_classifier(
         try:
             resumed = load_resume(out, trains=TRAINS)
         except CheckpointError as exc:
-            raise ClassifierError(f"--resume: {exc}") from exc
+            old = checkpoint_paths(out.with_name(out.name + ".state"))[1]
+            hint = f" ({old.name} is an older resume format: start the run again)" if old.is_file() else ""
+            raise ClassifierError(f"--resume: {exc}{hint}") from exc
         mcfg = config_from_dict(resumed.meta["model_config"])
         saved = dict(resumed.meta["train_config"])
         saved.update({k: v for k, v in (train_overrides or {}).items() if k == "steps" and v is not None})
@@ -285,6 +301,7 @@ def train_classifier(
     x_val, y_val = memory_subset(val_set, tcfg.n_val or None)
     _check_images("val", x_val, mcfg.image_size, preset)
     y_val = y_val[:, val_cols]
+    check_binary(y_val, names, "validation")
     workers = default_workers() if workers is None else int(workers)
     say(
         f"data: {len(train_set)} train, {len(x_val)} val images of {mcfg.image_size}px, labels "
@@ -412,7 +429,7 @@ def train_classifier(
         pin_memory=dev.type == "cuda",
     )
     model.train()
-    stream = batches(loader, train_cols, tcfg, rank=dist.rank, start_step=state.step)
+    stream = batches(loader, train_cols, tcfg, rank=dist.rank, start_step=state.step, names=names)
     try:
         if bar is not None:
             bar.start()

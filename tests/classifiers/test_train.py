@@ -151,10 +151,15 @@ def test_kill_between_the_two_writes_of_the_resume_pair(tmp_path, fake_train, fa
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path, fake_train, fake_val):
-    with pytest.raises(ClassifierError, match="--resume"):
+    with pytest.raises(
+        ClassifierError, match=r"--resume: .*none\.train\.json: checkpoint metadata file not found"
+    ):
         train_classifier(
             tmp_path / "none", preset="tiny", train_set=fake_train, val_set=fake_val, resume=True
         )
+    (tmp_path / "old.state.json").write_text("{}")
+    with pytest.raises(ClassifierError, match="older resume format"):
+        train_classifier(tmp_path / "old", preset="tiny", train_set=fake_train, val_set=fake_val, resume=True)
 
 
 def test_data_that_does_not_fit_the_model(tmp_path, fake_train, fake_val):
@@ -322,3 +327,15 @@ def test_trains_from_an_image_folder_through_loader_workers(tmp_path):
     assert meta["trained_on"]["fingerprint"] == meta["data"]["train"]["fingerprint"]
     assert len(meta["trained_on"]["fingerprint"]) == 64 and meta["trained_on"]["split_seed"] == 0
     assert result.state.images_seen == 4 * 8
+
+
+def test_a_label_with_more_than_two_values_is_refused(tmp_path, fake_train, fake_val):
+    class Digits(OwnLabels):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return item | {"lab": item["lab"] * (1 + i % 3)}  # values 0, 1, 2, 3
+
+    with pytest.raises(ClassifierError, match="validation label 'spot' has the value [23].*binary column"):
+        _train(tmp_path / "d", OwnLabels(fake_train), Digits(fake_val))
+    with pytest.raises(ClassifierError, match="training label '.*' has the value [23]"):
+        _train(tmp_path / "d", Digits(fake_train), OwnLabels(fake_val))
