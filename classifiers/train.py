@@ -472,8 +472,9 @@ def train_classifier(
         "history": history,
         "torch": torch.__version__,
         "loader_workers": workers,
+        "images": images,
     }
-    data = {"train": describe(train_set), "val": describe(val_set), "images": images}
+    data = {"train": describe(train_set), "val": describe(val_set)}
     path = save_classifier(
         out,
         final,
