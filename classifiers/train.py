@@ -40,6 +40,7 @@ from boed.config import override, to_dict
 from boed.runtime.checkpoints import CheckpointError, checkpoint_paths
 from boed.runtime.data import default_workers, image_loader, memory_subset, step_generator
 from boed.runtime.devices import init_distributed, resolve_device
+from boed.runtime.provenance import data_record, resume_data_mismatch, trained_on
 from boed.runtime.resume import load_resume, resume_path, save_resume
 from boed.runtime.schedule import warmup_cosine
 from boed.runtime.training import EMA, Every, Phase, TrainState, train
@@ -180,25 +181,6 @@ class Validator:
         }
 
 
-def trained_on(train_set: Any, labels: Sequence[str], image_size: int) -> dict[str, Any]:
-    """The provenance record of a checkpoint (the same shape for every model)."""
-    d = describe(train_set)
-    return {
-        "source": d.get("source"),
-        "fingerprint": d.get("fingerprint"),
-        "split_seed": d.get("split_seed"),
-        "labels": list(labels),
-        "image_size": int(image_size),
-    }
-
-
-def describe(ds: Any) -> dict[str, Any]:
-    try:
-        return ds.describe()
-    except Exception:  # noqa: BLE001 - a description is informational
-        return {"type": type(ds).__name__, "n": len(ds) if hasattr(ds, "__len__") else None}
-
-
 # -- the run -------------------------------------------------------------------------------------------
 def _open_split(images: str, split: str, size: int, n: int | None, data_root, seed: int, split_seed):
     from datasets import open_dataset
@@ -269,6 +251,7 @@ def train_classifier(
         saved.update({k: v for k, v in (train_overrides or {}).items() if k == "steps" and v is not None})
         tcfg = override(TrainConfig(), **{k: v for k, v in saved.items() if v is not None})
         images = resumed.meta.get("images", images)
+        split_seed = resumed.meta.get("split_seed") if split_seed is None else split_seed
         labels = list(mcfg.labels)
 
     try:
@@ -298,6 +281,9 @@ def train_classifier(
     if len(val_set) < 1:
         raise ClassifierError("the validation split is empty")
     _check_images("train", train_set[0]["img"][None], mcfg.image_size, preset)
+    provenance = trained_on(train_set, mcfg.image_size, names)
+    if resumed is not None and (why := resume_data_mismatch(resumed.meta.get("trained_on"), provenance)):
+        raise ClassifierError(why)
     x_val, y_val = memory_subset(val_set, tcfg.n_val or None)
     _check_images("val", x_val, mcfg.image_size, preset)
     y_val = y_val[:, val_cols]
@@ -349,11 +335,11 @@ def train_classifier(
 
     validator = Validator(x_val, y_val, names, tcfg) if dist.is_main else None
     eval_model = ema.module if ema is not None else model
-    provenance = trained_on(train_set, names, mcfg.image_size)
     run_meta = {
         "model_config": to_dict(mcfg),
         "train_config": to_dict(tcfg),
         "images": images,
+        "split_seed": split_seed,
         "preset": preset,
         "world_size": dist.world_size,
         "trained_on": provenance,
@@ -474,7 +460,7 @@ def train_classifier(
         "loader_workers": workers,
         "images": images,
     }
-    data = {"train": describe(train_set), "val": describe(val_set)}
+    data = data_record(train_set, val_set)
     path = save_classifier(
         out,
         final,

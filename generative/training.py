@@ -40,6 +40,7 @@ from boed.runtime.data import (
     step_generator,
 )
 from boed.runtime.devices import DistInfo
+from boed.runtime.provenance import data_record, resume_data_mismatch, trained_on
 from boed.runtime.resume import load_resume, resume_path, save_resume
 from boed.runtime.schedule import ema_warmup, warmup_cosine
 from boed.runtime.training import EMA, Every, Phase, TrainState, train
@@ -96,18 +97,6 @@ def lr_schedule(config: AIPOConfig) -> Callable[[int], float]:
     )
 
 
-def trained_on(train_set: Any, image_size: int) -> dict[str, Any]:
-    """The provenance record of a checkpoint (the same shape as the classifier's)."""
-    d = _describe(train_set)
-    return {
-        "source": d.get("source"),
-        "fingerprint": d.get("fingerprint"),
-        "split_seed": d.get("split_seed"),
-        "labels": list(d.get("labels") or getattr(train_set, "labels", ()) or ()),
-        "image_size": int(image_size),
-    }
-
-
 def sampler_meta(
     config: AIPOConfig,
     state: TrainState,
@@ -140,13 +129,6 @@ def _as_dataset(images: Any, what: str) -> Any:
     if torch.is_tensor(images):
         return TensorImages(images, source=what)
     return images
-
-
-def _describe(ds: Any) -> dict[str, Any]:
-    try:
-        return ds.describe()
-    except Exception:  # noqa: BLE001 - a description is informational
-        return {"type": type(ds).__name__, "n": len(ds) if hasattr(ds, "__len__") else None}
 
 
 def _build_model(config: AIPOConfig, options: TrainOptions, device: torch.device) -> AIPO:
@@ -224,6 +206,8 @@ def train_sampler(
             raise SamplerError(
                 f"--resume: {resumed.path} was trained with another config (only --steps may change)"
             )
+        if why := resume_data_mismatch(resumed.meta.get("trained_on"), trained_on(train_set, size)):
+            raise SamplerError(why)
         state = resumed.state
         log(f"resumed from {resumed.path} at step {state.step}")
     net: torch.nn.Module = model
@@ -255,7 +239,7 @@ def train_sampler(
 
     val_masks = mask_fn(len(val), size, torch.Generator().manual_seed(12345))
     metrics: dict[str, float] = {}
-    data = {"train": _describe(train_set), "val": _describe(val_set)}
+    data = data_record(train_set, val_set)
     provenance = trained_on(train_set, size)
 
     def validate() -> dict[str, float]:

@@ -339,3 +339,19 @@ def test_a_label_with_more_than_two_values_is_refused(tmp_path, fake_train, fake
         _train(tmp_path / "d", OwnLabels(fake_train), Digits(fake_val))
     with pytest.raises(ClassifierError, match="training label '.*' has the value [23]"):
         _train(tmp_path / "d", Digits(fake_train), OwnLabels(fake_val))
+
+
+def test_resume_on_other_data_is_refused(tmp_path, fake_train, fake_val):
+    class Other(OwnLabels):
+        def describe(self):
+            return super().describe() | {"fingerprint": "e" * 64}
+
+    _train(tmp_path / "r", OwnLabels(fake_train), OwnLabels(fake_val), steps=4)
+    with pytest.raises(ClassifierError, match="training data differ from the run's .*eeeeeeeeeeee"):
+        train_classifier(
+            tmp_path / "r",
+            preset="tiny",
+            train_set=Other(fake_train),
+            val_set=OwnLabels(fake_val),
+            resume=True,
+        )
