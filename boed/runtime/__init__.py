@@ -7,5 +7,6 @@
 - :mod:`~boed.runtime.data`: the streaming data path (seeded epoch order, per-rank shards,
   DataLoader workers);
 - :mod:`~boed.runtime.resume`: the one resume format, ``OUT.train.*``;
+- :mod:`~boed.runtime.provenance`: the ``data`` / ``trained_on`` records of every checkpoint;
 - :mod:`~boed.runtime.devices`: device choice and torch.distributed set-up.
 """

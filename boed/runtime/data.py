@@ -118,8 +118,55 @@ class EpochBatches(torch.utils.data.Sampler):
             step += 1
 
 
+class _Guarded(torch.utils.data.Dataset):
+    """``dataset[i]``, or ``{"error": (type, message)}`` when reading the item raised.
+
+    A DataLoader worker re-raises an item's exception in the main process with the worker's
+    whole traceback in the message; carrying the error back as data instead lets
+    :class:`ImageLoader` raise it as the one-line error it was (e.g. a ``DatasetError`` naming
+    the bad file).
+    """
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return self.dataset[i]
+        except Exception as exc:  # noqa: BLE001 - re-raised by ImageLoader in the main process
+            return {"error": (type(exc), str(exc))}
+
+
+def _rebuild(error: tuple[type, str]) -> Exception:
+    cls, message = error
+    try:
+        return cls(message)
+    except Exception:  # noqa: BLE001 - an exception type that does not take one message
+        return RuntimeError(f"{cls.__name__}: {message}")
+
+
+class ImageLoader:
+    """Iterates the DataLoader, raising an item's error (see :class:`_Guarded`) as it was."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+        self.batch_sampler = loader.batch_sampler
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            if "error" in batch:
+                raise _rebuild(batch["error"])
+            yield batch
+
+
 def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"idx": [str], "img": (B, 1, S, S), "lab": (B, L)}`` from dataset items."""
+    for it in items:
+        if "error" in it:
+            return {"error": it["error"]}
     return {
         "idx": [it["idx"] for it in items],
         "img": torch.stack([torch.as_tensor(it["img"]) for it in items]),
@@ -137,8 +184,12 @@ def image_loader(
     start_step: int = 0,
     workers: int = 0,
     pin_memory: bool = False,
-) -> torch.utils.data.DataLoader:
-    """An endless DataLoader over ``dataset`` in the order of :class:`EpochBatches`."""
+) -> ImageLoader:
+    """An endless DataLoader over ``dataset`` in the order of :class:`EpochBatches`.
+
+    An error reading an item (say a truncated file) is raised in the caller's process as the
+    dataset raised it, one line, with or without workers.
+    """
     sampler = EpochBatches(
         len(dataset),
         batch_size,
@@ -148,14 +199,15 @@ def image_loader(
         start_step=start_step,
         block=block_size(dataset),
     )
-    return torch.utils.data.DataLoader(
-        dataset,
+    loader = torch.utils.data.DataLoader(
+        _Guarded(dataset),
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate_images,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
     )
+    return ImageLoader(loader)
 
 
 def default_workers() -> int:

@@ -109,3 +109,22 @@ def test_step_seeds_differ_by_rank_step_and_stream():
     assert torch.equal(
         torch.rand(3, generator=step_generator(0, 0, 5)), torch.rand(3, generator=step_generator(0, 0, 5))
     )
+
+
+class _BadItem(TensorImages):
+    def __getitem__(self, i):
+        if i == 3:
+            from datasets.errors import DatasetError
+
+            raise DatasetError("unreadable or corrupt image (image file is truncated)", "/data/x3.png")
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_item_error_comes_back_as_one_line(workers):
+    from datasets.errors import DatasetError
+
+    loader = image_loader(_BadItem(torch.zeros(8, 1, 2, 2)), batch_size=8, seed=0, workers=workers)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    assert str(info.value) == "/data/x3.png: unreadable or corrupt image (image file is truncated)"
