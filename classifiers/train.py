@@ -84,8 +84,13 @@ def training_masks(n: int, size: int, config: TrainConfig, generator: torch.Gene
     return masks
 
 
-def select_labels(data_labels: Sequence[str], wanted: Sequence[str] | None, what: str) -> list[int]:
-    """Column indices of ``wanted`` in ``data_labels`` (all columns when ``wanted`` is None)."""
+def select_labels(
+    data_labels: Sequence[str], wanted: Sequence[str] | None, what: str, prefix: str = "--labels"
+) -> list[int]:
+    """Column indices of ``wanted`` in ``data_labels`` (all columns when ``wanted`` is None).
+
+    Errors start with ``prefix`` (what named the labels: the option, or the training data).
+    """
     data_labels = list(data_labels)
     if wanted is None:
         return list(range(len(data_labels)))
@@ -97,7 +102,7 @@ def select_labels(data_labels: Sequence[str], wanted: Sequence[str] | None, what
     missing = [x for x in wanted if x not in data_labels]
     if missing:
         raise ClassifierError(
-            f"--labels: {', '.join(missing)} not among the {what} data's labels ({', '.join(data_labels)})"
+            f"{prefix}: {', '.join(missing)} not among the {what} data's labels ({', '.join(data_labels)})"
         )
     return [data_labels.index(x) for x in wanted]
 
@@ -274,7 +279,7 @@ def train_classifier(
         val_set = _open_split(images, "val", mcfg.image_size, tcfg.n_val, data_root, tcfg.seed, split_seed)
     train_cols = select_labels(train_set.labels, labels, "training")
     names = [list(train_set.labels)[j] for j in train_cols]
-    val_cols = select_labels(val_set.labels, names, "validation")
+    val_cols = select_labels(val_set.labels, names, "validation", "the classifier's labels")
     mcfg = override(mcfg, labels=tuple(names))
     if len(train_set) < 1:
         raise ClassifierError("the training split is empty")
