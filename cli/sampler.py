@@ -226,14 +226,15 @@ def evaluate_sampler_command(
         )
         notes = _check_training_overlap(sampler, ds.describe(), checkpoint, allow_training_images)
         if no_classifier:
-            any_fn, reason = None, "--no-classifier"
+            any_fn, reason, used = None, "--no-classifier", None
         else:
-            any_fn, reason = _classifier_any(classifier, tuple(ds.labels), sampler.image_size)
+            any_fn, reason, used = _classifier_any(classifier, tuple(ds.labels), sampler.image_size)
         x, y = ds.tensors()
         result = evaluate(
             sampler, x, y, n_samples=n_samples, seed=seed, any_accuracy=any_fn, skip_reason=reason
         )
         result["notes"] = notes + result["notes"]
+        result["classifier"] = used
         if png is not None:
             figure_8(sampler, x[:2], png, seed=seed)
             result["png"] = str(png)
@@ -261,7 +262,8 @@ def _check_training_overlap(sampler, description: dict, checkpoint: Path | None,
 
 
 def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size: int):
-    """``(fn, None)`` with ``fn(images (B,1,H,W), labels (B,L)) -> Any accuracy``, or ``(None, reason)``.
+    """``(fn, None, info)`` with ``fn(images (B,1,H,W), labels (B,L)) -> Any accuracy`` and ``info`` =
+    ``{"checkpoint", "sha256"}`` of the classifier used, or ``(None, reason, None)``.
 
     ``path`` given: that classifier, whose labels must equal ``data_labels`` (else ClassifierError:
     the user asked for it). ``path`` None: the shipped classifier of the image size's preset, or
@@ -272,7 +274,7 @@ def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size:
         from classifiers import load_classifier
         from classifiers.errors import ClassifierError
     except ImportError as exc:
-        return None, f"the classifiers package is not available ({exc})"
+        return None, f"the classifiers package is not available ({exc})", None
     if path is not None:
         clf = load_classifier(path, labels=data_labels)
         if clf.image_size != image_size:
@@ -285,20 +287,24 @@ def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size:
         try:
             clf = load_classifier(preset=preset)
         except ClassifierError as exc:
-            return None, f"no usable shipped classifier ({exc})"
+            return None, f"no usable shipped classifier ({exc})", None
         if tuple(clf.labels) != tuple(data_labels):
-            return None, (
+            return (
+                None,
                 f"the shipped classifier's labels ({len(clf.labels)}: {', '.join(clf.labels)}) differ "
                 f"from the data's ({len(data_labels)}: {', '.join(data_labels)}); pass --classifier CKPT "
-                "trained on these labels"
+                "trained on these labels",
+                None,
             )
         if clf.image_size != image_size:
-            return None, (
+            return (
+                None,
                 f"the shipped {preset} classifier classifies {clf.image_size}x{clf.image_size} images, "
-                f"the sampler completes {image_size}x{image_size}"
+                f"the sampler completes {image_size}x{image_size}",
+                None,
             )
     if "Any" not in clf.labels:
-        return None, f"the classifier has no 'Any' label (labels: {', '.join(clf.labels)})"
+        return None, f"the classifier has no 'Any' label (labels: {', '.join(clf.labels)})", None
     import torch
 
     any_index = list(clf.labels).index("Any")
@@ -312,7 +318,8 @@ def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size:
         ok = ~torch.isnan(truth)
         return float(((probs[ok, any_index] > 0.5).float() == truth[ok]).float().mean())
 
-    return accuracy, None
+    info = {"checkpoint": str(path) if path is not None else "shipped", "sha256": clf.sha256}
+    return accuracy, None, info
 
 
 def _print_table(result: dict) -> None:

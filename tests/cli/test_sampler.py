@@ -136,6 +136,7 @@ def test_classifier_with_the_data_labels_scores_completions(tmp_path, monkeypatc
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
     assert report["any_accuracy_skipped"] is None
+    assert report["classifier"]["checkpoint"] == str(clf) and len(report["classifier"]["sha256"]) == 64
     assert 0 <= report["any_accuracy_truth"] <= 1
     assert all(0 <= row["any_accuracy_completions"] <= 1 for row in report["by_squares"])
 
