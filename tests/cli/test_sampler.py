@@ -107,14 +107,14 @@ def _sampler_checkpoint(tmp_path, data=None):
     return path
 
 
-def _tiny_classifier(tmp_path, labels):
+def _tiny_classifier(tmp_path, labels, image_size=32):
     import dataclasses
 
     from classifiers.avp_cnn import AVPCNN
     from classifiers.config import classifier_preset
     from classifiers.partial import save_classifier
 
-    config = dataclasses.replace(classifier_preset("tiny"), labels=tuple(labels))
+    config = dataclasses.replace(classifier_preset("tiny"), labels=tuple(labels), image_size=image_size)
     path = tmp_path / "clf"
     save_classifier(path, AVPCNN(config))
     return path
@@ -147,6 +147,16 @@ def test_explicit_classifier_with_other_labels_is_a_clean_error(tmp_path, monkey
     result = _evaluate(monkeypatch, data, str(_sampler_checkpoint(tmp_path)), "--classifier", str(clf))
     assert result.exit_code == 2, result.output
     assert "clf" in result.stderr and "label" in result.stderr and "Traceback" not in result.output
+
+
+def test_explicit_classifier_of_another_image_size_or_missing_is_a_clean_error(tmp_path, monkeypatch):
+    labels = ("Effusion", "Any")
+    ckpt = str(_sampler_checkpoint(tmp_path))
+    clf = _tiny_classifier(tmp_path, labels, image_size=64)
+    result = _evaluate(monkeypatch, _Data(labels), ckpt, "--classifier", str(clf))
+    assert result.exit_code == 2 and "64x64" in result.stderr and "32x32" in result.stderr
+    missing = _evaluate(monkeypatch, _Data(labels), ckpt, "--classifier", str(tmp_path / "nope"))
+    assert missing.exit_code == 2 and "nope" in missing.stderr and "not found" in missing.stderr
 
 
 def test_shipped_classifier_with_other_labels_is_skipped_with_the_reason(tmp_path, monkeypatch):
