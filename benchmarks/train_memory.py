@@ -15,7 +15,10 @@ count once) of the training process and its children, sampled every 20 ms from
 compare: how the peak moves from the small to the large dataset within each path.
 
     .venv/bin/python benchmarks/train_memory.py [--sizes 2000 8000] [--steps 10] [--workers 1]
-        [--json benchmarks/results/train_memory.json] [--keep DIR]
+        [--image-size 64] [--json benchmarks/results/train_memory.json] [--keep DIR]
+
+``--image-size 256`` trains the cpu-preset network at the paper's resolution, where the
+materialised split costs 256 KiB per image instead of 16 KiB.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class PeakMemory:
 
 
 # -- one run (in a child process) ----------------------------------------------------------------------
-def child(folder: str, mode: str, steps: int, workers: int, out: str) -> dict:
+def child(folder: str, mode: str, steps: int, workers: int, out: str, size: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -124,8 +127,8 @@ def child(folder: str, mode: str, steps: int, workers: int, out: str) -> dict:
 
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        train = open_dataset("folder", split="train", size=64, data_root=folder)
-        val = open_dataset("folder", split="val", size=64, n=64, data_root=folder)
+        train = open_dataset("folder", split="train", size=size, data_root=folder)
+        val = open_dataset("folder", split="val", size=size, n=64, data_root=folder)
         n_train = len(train)
         if mode == "materialise":
             x, y = train.tensors()  # the old path: the whole split decoded into memory
@@ -136,6 +139,7 @@ def child(folder: str, mode: str, steps: int, workers: int, out: str) -> dict:
             out,
             preset="cpu",
             device="cpu",
+            model_overrides={"image_size": size},
             train_set=train,
             val_set=val,
             workers=workers,
@@ -153,8 +157,18 @@ def child(folder: str, mode: str, steps: int, workers: int, out: str) -> dict:
     }
 
 
-def run_child(folder: Path, mode: str, steps: int, workers: int, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(folder), mode, str(steps), str(workers), str(out)]
+def run_child(folder: Path, mode: str, steps: int, workers: int, out: Path, size: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(folder),
+        mode,
+        str(steps),
+        str(workers),
+        str(out),
+        str(size),
+    ]
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -169,11 +183,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_memory.json"))
     parser.add_argument("--keep", type=Path, default=None, help="write the image folders here and keep them")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--image-size", type=int, default=64, help="training size (cpu preset: 64)")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        folder, mode, steps, workers, out = args.child
-        print(json.dumps(child(folder, mode, int(steps), int(workers), out)))
+        folder, mode, steps, workers, out, size = args.child
+        print(json.dumps(child(folder, mode, int(steps), int(workers), out, int(size))))
         return
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="boed-train-memory-"))
@@ -186,7 +201,8 @@ def main() -> None:
                 write_folder(folder, n)
                 print(f"wrote {n} PNGs to {folder} in {time.perf_counter() - t0:.0f} s", flush=True)
             for mode in ("materialise", "stream"):
-                row = run_child(folder, mode, args.steps, args.workers, base / f"ckpt-{n}-{mode}")
+                ckpt = base / f"ckpt-{n}-{mode}"
+                row = run_child(folder, mode, args.steps, args.workers, ckpt, args.image_size)
                 rows.append(row | {"dataset_size": n})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -215,7 +231,7 @@ def main() -> None:
         "benchmark": "train_memory",
         "command": "python benchmarks/train_memory.py " + " ".join(sys.argv[1:]),
         "preset": "cpu",
-        "image_size": 64,
+        "image_size": args.image_size,
         "source_size": 256,
         "rows": rows,
         "growth_mib": growth,
