@@ -68,6 +68,24 @@ class SimulationConfig:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     share_prior_decision: bool = True
     allow_training_images: bool = False
+    # how the dataset is opened (datasets.open_dataset); split_seed None: the one the classifier
+    # (else the sampler) was trained with, else datasets.DEFAULT_SPLIT_SEED
+    split_seed: int | None = None
+    max_pixels: int | None = None
+    allow_symlinks: bool = False
+    allow_modalities: tuple[str, ...] = ()
+    skip_bad: bool = False
+
+    def dataset_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``datasets.open_dataset`` beyond the source, split, size and n."""
+        options: dict[str, Any] = {"allow_symlinks": self.allow_symlinks, "skip_bad": self.skip_bad}
+        if self.split_seed is not None:
+            options["split_seed"] = self.split_seed
+        if self.max_pixels is not None:
+            options["max_pixels"] = self.max_pixels
+        if self.allow_modalities:
+            options["allow_modalities"] = self.allow_modalities
+        return options
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policies", parse_policies(self.policies))
@@ -277,41 +295,23 @@ def check_provenance(
     Returns:
         The warnings, one line each, naming the part.
     """
-    recorded = {what: part.meta["data"] for what, part in parts.items() if _training_data(part)}
-    if not recorded:
-        return []
-    from datasets.provenance import source_mismatch, training_overlap
+    from datasets.errors import DatasetError
+    from datasets.provenance import check_training_data
 
-    warnings = []
-    for what, data in recorded.items():
-        overlap = training_overlap(data, description)
-        if overlap and not allow_training_images:
-            raise BoedError(
-                f"the {what} checkpoint was trained on images of this dataset ({overlap}); simulate on "
-                "images it has not seen (another split or dataset) or pass --allow-training-images"
+    warnings: list[str] = []
+    for what, part in parts.items():
+        if not _training_data(part):
+            continue
+        try:
+            warnings += check_training_data(
+                part.meta["data"],
+                description,
+                what=f"the {what} checkpoint",
+                allow_overlap=allow_training_images,
             )
-        if overlap:
-            warnings.append(f"the {what} checkpoint was trained on these images ({overlap}); allowed")
-        mismatch = source_mismatch(data, description) or _unfingerprinted_source_mismatch(data, description)
-        if mismatch:
-            warnings.append(f"the {what} checkpoint was trained on other data: {mismatch}")
+        except DatasetError as exc:
+            raise BoedError(str(exc)) from None
     return warnings
-
-
-def _unfingerprinted_source_mismatch(data: dict[str, Any], description: dict[str, Any]) -> str | None:
-    """The source check for a training record without a fingerprint, which
-    ``datasets.provenance.source_mismatch`` skips: the shipped phantom checkpoints were recorded
-    before fingerprints existed, and they are exactly the ones run on real radiographs by mistake."""
-    train = data.get("train")
-    if not isinstance(train, dict) or train.get("fingerprint") or not train.get("source"):
-        return None
-    source = description.get("source")
-    if source and source != train["source"]:
-        return (
-            f"the checkpoint was trained on {train['source']} images but the data are {source} images: "
-            "its outputs may be meaningless on them"
-        )
-    return None
 
 
 def _training_data(part: Any) -> bool:

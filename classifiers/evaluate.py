@@ -166,11 +166,10 @@ def evaluate_classifier(
 
 
 def check_training_images(classifier: Any, dataset: Any, allow: bool = False) -> str | None:
-    """Refuse data the checkpoint was trained on; returns the overlap (when ``allow``) or ``None``.
+    """Refuse data the checkpoint was trained on (``datasets.provenance.check_training_data``).
 
-    Uses ``datasets.provenance.training_overlap(meta["data"], dataset.describe())``, which returns
-    a description of the overlap or ``None``. A classifier whose metadata records no training data
-    cannot be checked (``None``).
+    Returns the warnings as one line (the overlap when ``allow``, another source), or ``None``. A
+    classifier whose metadata records no training data cannot be checked (``None``).
 
     Raises:
         ClassifierError: the data overlaps the training images and ``allow`` is false.
@@ -178,15 +177,17 @@ def check_training_images(classifier: Any, dataset: Any, allow: bool = False) ->
     trained_on = (getattr(classifier, "meta", None) or {}).get("data")
     if not trained_on or not hasattr(dataset, "describe"):
         return None
-    from datasets.provenance import training_overlap
+    from datasets.errors import DatasetError
+    from datasets.provenance import check_training_data
 
-    overlap = training_overlap(trained_on, dataset.describe())
-    if overlap and not allow:
-        raise ClassifierError(
-            f"{overlap}: the classifier {getattr(classifier, 'name', '')!r} was trained on these images; "
-            "evaluate on another split or data set, or pass --allow-training-images"
+    name = getattr(classifier, "name", "") or "classifier"
+    try:
+        warnings = check_training_data(
+            trained_on, dataset.describe(), what=f"the classifier {name!r}", allow_overlap=allow
         )
-    return overlap or None
+    except DatasetError as exc:
+        raise ClassifierError(str(exc)) from None
+    return "; ".join(warnings) or None
 
 
 def evaluate_dataset(

@@ -187,11 +187,12 @@ class Validator:
 
 
 # -- the run -------------------------------------------------------------------------------------------
-def _open_split(images: str, split: str, size: int, n: int | None, data_root, seed: int, split_seed):
+def _open_split(images: str, split: str, size: int, n: int | None, data_root, seed: int, options: dict):
     from datasets import open_dataset
 
-    kw = {} if split_seed is None else {"split_seed": split_seed}
-    return open_dataset(images, split=split, size=size, n=n or None, data_root=data_root, seed=seed, **kw)
+    return open_dataset(
+        images, split=split, size=size, n=n or None, data_root=data_root, seed=seed, **options
+    )
 
 
 def _check_images(split: str, x: torch.Tensor, size: int, preset: str) -> None:
@@ -216,6 +217,7 @@ def train_classifier(
     val_set: Any = None,
     labels: Sequence[str] | None = None,
     split_seed: int | None = None,
+    data_options: dict[str, Any] | None = None,
     workers: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
@@ -225,6 +227,9 @@ def train_classifier(
     Args:
         preset: model and training preset (``cpu``, ``paper``, ``tiny``).
         images, data_root, split_seed: the data source, as for ``datasets.open_dataset``.
+        data_options: further keyword arguments of ``datasets.open_dataset`` (``split_seed``,
+            ``max_pixels``, ``allow_symlinks``, ``allow_modalities``, ``skip_bad``); stored with
+            the resume state, so ``--resume`` reopens the same data.
         resume: continue from ``out``.train (config, labels and data from there; ``steps`` may
             be raised).
         imagenet_weights: optional local ImageNet DenseNet-121 weights (see :func:`init_from_imagenet`).
@@ -257,6 +262,7 @@ def train_classifier(
         tcfg = override(TrainConfig(), **{k: v for k, v in saved.items() if v is not None})
         images = resumed.meta.get("images", images)
         split_seed = resumed.meta.get("split_seed") if split_seed is None else split_seed
+        data_options = resumed.meta.get("data_options") if data_options is None else data_options
         labels = list(mcfg.labels)
 
     try:
@@ -271,12 +277,16 @@ def train_classifier(
     say = log if dist.is_main else (lambda *_: None)
 
     # data: the label set comes from the training data (or is a chosen subset of it)
+    data_options = dict(data_options or {})
+    if split_seed is not None:
+        data_options["split_seed"] = split_seed
+    split_seed = data_options.get("split_seed")
     if train_set is None:
         train_set = _open_split(
-            images, "train", mcfg.image_size, tcfg.n_train, data_root, tcfg.seed, split_seed
+            images, "train", mcfg.image_size, tcfg.n_train, data_root, tcfg.seed, data_options
         )
     if val_set is None:
-        val_set = _open_split(images, "val", mcfg.image_size, tcfg.n_val, data_root, tcfg.seed, split_seed)
+        val_set = _open_split(images, "val", mcfg.image_size, tcfg.n_val, data_root, tcfg.seed, data_options)
     train_cols = select_labels(train_set.labels, labels, "training")
     names = [list(train_set.labels)[j] for j in train_cols]
     val_cols = select_labels(val_set.labels, names, "validation", "the classifier's labels")
@@ -345,6 +355,7 @@ def train_classifier(
         "train_config": to_dict(tcfg),
         "images": images,
         "split_seed": split_seed,
+        "data_options": {k: list(v) if isinstance(v, tuple) else v for k, v in data_options.items()},
         "preset": preset,
         "world_size": dist.world_size,
         "trained_on": provenance,

@@ -8,7 +8,18 @@ from typing import Any
 
 import typer
 
-from cli.common import console, user_errors
+from cli.common import (
+    ALLOW_MODALITY_OPTION,
+    ALLOW_SYMLINKS_OPTION,
+    ALLOW_TRAINING_IMAGES_OPTION,
+    MAX_PIXELS_OPTION,
+    SKIP_BAD_OPTION,
+    SPLIT_SEED_OPTION,
+    console,
+    dataset_options,
+    recorded_split_seed,
+    user_errors,
+)
 
 
 def train_classifier_cmd(
@@ -47,12 +58,25 @@ def train_classifier_cmd(
         "--labels",
         help="Comma-separated label columns to learn, e.g. big,small (default: all of the training data's).",
     ),
+    split_seed: int | None = SPLIT_SEED_OPTION,
+    max_pixels: int | None = MAX_PIXELS_OPTION,
+    allow_symlinks: bool = ALLOW_SYMLINKS_OPTION,
+    allow_modality: list[str] | None = ALLOW_MODALITY_OPTION,
+    skip_bad: bool = SKIP_BAD_OPTION,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the classifier g on partial observations (runs under torchrun for DDP)."""
     with user_errors():
         from classifiers.train import train_classifier
+
+        data_options = dataset_options(
+            split_seed=split_seed,
+            max_pixels=max_pixels,
+            allow_symlinks=allow_symlinks,
+            allow_modality=allow_modality,
+            skip_bad=skip_bad,
+        )
 
         overrides = {
             "steps": steps,
@@ -76,6 +100,7 @@ def train_classifier_cmd(
             train_overrides=overrides,
             workers=workers,
             labels=parse_labels(labels),
+            data_options=data_options or None,
             progress=not quiet,
             log=lambda msg: console.print(msg, highlight=False),
         )
@@ -162,14 +187,6 @@ def evaluation_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
-def training_split_seed(meta: dict[str, Any], default: int) -> int:
-    """The split seed of a checkpoint's training data (``meta["data"]["train"]``), else ``default``."""
-    data = meta.get("data")
-    trained = data.get("train") if isinstance(data, dict) else None
-    recorded = trained.get("split_seed") if isinstance(trained, dict) else None
-    return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else default
-
-
 def evaluate_classifier_cmd(
     checkpoint: str = typer.Argument(
         ..., help="Classifier checkpoint (either file or the stem), or 'shipped'."
@@ -186,12 +203,14 @@ def evaluate_classifier_cmd(
         "--split-seed",
         help="Split seed of file sources (default: the one the classifier was trained with).",
     ),
+    max_pixels: int | None = MAX_PIXELS_OPTION,
+    allow_symlinks: bool = ALLOW_SYMLINKS_OPTION,
+    allow_modality: list[str] | None = ALLOW_MODALITY_OPTION,
+    skip_bad: bool = SKIP_BAD_OPTION,
     label: list[str] | None = typer.Option(
         None, "--label", help="Report only this label (repeatable; default: all labels shared with the data)."
     ),
-    allow_training_images: bool = typer.Option(
-        False, "--allow-training-images", help="Evaluate even on images the classifier was trained on."
-    ),
+    allow_training_images: bool = ALLOW_TRAINING_IMAGES_OPTION,
     preset: str = typer.Option("cpu", "--preset", help="Preset of the shipped checkpoint (with 'shipped')."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -205,15 +224,16 @@ def evaluate_classifier_cmd(
         from datasets import DEFAULT_SPLIT_SEED, open_dataset
 
         if split_seed is None:
-            split_seed = training_split_seed(clf.meta, DEFAULT_SPLIT_SEED)
+            split_seed = recorded_split_seed(clf.meta)
+        options = dataset_options(
+            split_seed=DEFAULT_SPLIT_SEED if split_seed is None else split_seed,
+            max_pixels=max_pixels,
+            allow_symlinks=allow_symlinks,
+            allow_modality=allow_modality,
+            skip_bad=skip_bad,
+        )
         ds = open_dataset(
-            images,
-            split=split,
-            size=clf.image_size,
-            n=n or None,
-            data_root=data_root,
-            seed=seed,
-            split_seed=split_seed,
+            images, split=split, size=clf.image_size, n=n or None, data_root=data_root, seed=seed, **options
         )
         result = evaluate_dataset(
             clf, ds, only=label or None, allow_training_images=allow_training_images, seed=seed

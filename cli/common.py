@@ -65,8 +65,8 @@ def user_errors() -> Iterator[None]:
 
 # -- dataset options shared by every command that opens a dataset ------------------------------------
 # Typer options to put in a command's signature; :func:`dataset_options` turns their values into
-# keyword arguments of ``datasets.open_dataset`` (validated), :func:`check_training_data` compares a
-# checkpoint's training data with the data a command is about to use.
+# keyword arguments of ``datasets.open_dataset`` (validated), the check of a checkpoint's
+# training data against the data a command is about to use is datasets.provenance.check_training_data.
 SPLIT_SEED_OPTION = typer.Option(
     None,
     "--split-seed",
@@ -82,6 +82,14 @@ MAX_PIXELS_OPTION = typer.Option(
 ALLOW_SYMLINKS_OPTION = typer.Option(
     False, "--allow-symlinks", help="Follow symbolic links that point out of the data root."
 )
+SKIP_BAD_OPTION = typer.Option(
+    False, "--skip-bad", help="Log and skip bad files and label rows (counted once) instead of stopping."
+)
+ALLOW_TRAINING_IMAGES_OPTION = typer.Option(
+    False,
+    "--allow-training-images",
+    help="Go on (with a warning) even on images a checkpoint was trained on.",
+)
 ALLOW_MODALITY_OPTION = typer.Option(
     None,
     "--allow-modality",
@@ -95,6 +103,7 @@ def dataset_options(
     max_pixels: int | None = None,
     allow_symlinks: bool = False,
     allow_modality: list[str] | tuple[str, ...] | str | None = None,
+    skip_bad: bool = False,
 ) -> dict:
     """Keyword arguments for ``datasets.open_dataset`` from the values of the options above.
 
@@ -115,6 +124,8 @@ def dataset_options(
         out["max_pixels"] = int(max_pixels)
     if allow_symlinks:
         out["allow_symlinks"] = True
+    if skip_bad:
+        out["skip_bad"] = True
     if allow_modality:
         items = [allow_modality] if isinstance(allow_modality, str) else list(allow_modality)
         codes = [c.strip().upper() for item in items for c in str(item).split(",") if c.strip()]
@@ -128,28 +139,16 @@ def dataset_options(
     return out
 
 
-def check_training_data(
-    trained_on: dict | None, data: dict, *, allow_overlap: bool = False, what: str = "checkpoint"
-) -> list[str]:
-    """Refuse data a checkpoint was trained on; warn when it is another source or collection.
+def recorded_split_seed(*metas: dict | None) -> int | None:
+    """The split seed recorded with the first checkpoint whose training data has one, else None.
 
-    ``trained_on`` is the checkpoint's ``meta["data"]`` (``{"train": describe(), "val": ...}``),
-    ``data`` the ``describe()`` of the dataset about to be used. Raises ``DatasetError`` (one line)
-    on an overlap unless ``allow_overlap`` (then it is a warning); prints each warning to stderr
-    and returns them.
+    A checkpoint's ``meta["data"]["train"]["split_seed"]``: evaluating or simulating with the
+    split seed a model was trained with keeps its training images out of the test split.
     """
-    from datasets.errors import DatasetError
-    from datasets.provenance import source_mismatch, training_overlap
-
-    warnings: list[str] = []
-    overlap = training_overlap(trained_on, data)
-    if overlap is not None:
-        if not allow_overlap:
-            raise DatasetError(f"{what}: {overlap}; use another split or pass --allow-trained-images")
-        warnings.append(f"{what}: {overlap} (allowed by --allow-trained-images)")
-    mismatch = source_mismatch(trained_on, data)
-    if mismatch is not None:
-        warnings.append(f"{what}: {mismatch}")
-    for text in warnings:
-        err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
-    return warnings
+    for meta in metas:
+        data = meta.get("data") if isinstance(meta, dict) else None
+        trained = data.get("train") if isinstance(data, dict) else None
+        seed = trained.get("split_seed") if isinstance(trained, dict) else None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+    return None

@@ -9,7 +9,19 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, fail, user_errors
+from cli.common import (
+    ALLOW_MODALITY_OPTION,
+    ALLOW_SYMLINKS_OPTION,
+    ALLOW_TRAINING_IMAGES_OPTION,
+    MAX_PIXELS_OPTION,
+    SKIP_BAD_OPTION,
+    SPLIT_SEED_OPTION,
+    console,
+    dataset_options,
+    fail,
+    recorded_split_seed,
+    user_errors,
+)
 
 SAMPLER_CHOICES = ("aipo", "aipo-r", "vae")
 
@@ -62,6 +74,11 @@ def train_sampler_command(
     workers: int | None = typer.Option(
         None, "--workers", help="DataLoader workers decoding images (default: spare cores, at most 4)."
     ),
+    split_seed: int | None = SPLIT_SEED_OPTION,
+    max_pixels: int | None = MAX_PIXELS_OPTION,
+    allow_symlinks: bool = ALLOW_SYMLINKS_OPTION,
+    allow_modality: list[str] | None = ALLOW_MODALITY_OPTION,
+    skip_bad: bool = SKIP_BAD_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of a progress bar."),
 ) -> None:
     """Train an AIPO / AIPO-R sampler (or its unconditional VAE); works under torchrun."""
@@ -92,11 +109,24 @@ def train_sampler_command(
         )
         from datasets import open_dataset
 
+        options = dataset_options(
+            split_seed=split_seed,
+            max_pixels=max_pixels,
+            allow_symlinks=allow_symlinks,
+            allow_modality=allow_modality,
+            skip_bad=skip_bad,
+        )
         train_ds = open_dataset(
-            images, split="train", size=config.image_size, n=n_train, data_root=data_root, seed=seed
+            images,
+            split="train",
+            size=config.image_size,
+            n=n_train,
+            data_root=data_root,
+            seed=seed,
+            **options,
         )
         val_ds = open_dataset(
-            images, split="val", size=config.image_size, n=n_val, data_root=data_root, seed=seed
+            images, split="val", size=config.image_size, n=n_val, data_root=data_root, seed=seed, **options
         )
         options = TrainOptions(
             out=out,
@@ -200,11 +230,16 @@ def evaluate_sampler_command(
     sampler_name: str = typer.Option(
         "aipo", "--sampler", help="aipo | aipo-r | vae: how to sample the checkpoint (must fit its kind)."
     ),
-    allow_training_images: bool = typer.Option(
-        False,
-        "--allow-training-images",
-        help="Evaluate even on images the sampler checkpoint was trained on (biased metrics).",
+    allow_training_images: bool = ALLOW_TRAINING_IMAGES_OPTION,
+    split_seed: int | None = typer.Option(
+        None,
+        "--split-seed",
+        help="Split seed of file sources (default: the one the sampler was trained with).",
     ),
+    max_pixels: int | None = MAX_PIXELS_OPTION,
+    allow_symlinks: bool = ALLOW_SYMLINKS_OPTION,
+    allow_modality: list[str] | None = ALLOW_MODALITY_OPTION,
+    skip_bad: bool = SKIP_BAD_OPTION,
     threads: int | None = typer.Option(None, "--threads"),
 ) -> None:
     """Evaluate a sampler on held-out images: ELBO, the Eq. 10 bound vs squares, diversity, accuracy."""
@@ -221,8 +256,23 @@ def evaluate_sampler_command(
         sampler = build_sampler(sampler_name, checkpoint)
         from datasets import open_dataset
 
+        if split_seed is None:
+            split_seed = recorded_split_seed(sampler.meta)
+        options = dataset_options(
+            split_seed=split_seed,
+            max_pixels=max_pixels,
+            allow_symlinks=allow_symlinks,
+            allow_modality=allow_modality,
+            skip_bad=skip_bad,
+        )
         ds = open_dataset(
-            images, split="test", size=sampler.image_size, n=n_images, data_root=data_root, seed=seed
+            images,
+            split="test",
+            size=sampler.image_size,
+            n=n_images,
+            data_root=data_root,
+            seed=seed,
+            **options,
         )
         notes = _check_training_overlap(sampler, ds.describe(), checkpoint, allow_training_images)
         if no_classifier:
@@ -246,19 +296,15 @@ def evaluate_sampler_command(
 
 def _check_training_overlap(sampler, description: dict, checkpoint: Path | None, allow: bool) -> list[str]:
     """Refuse (SamplerError) data the sampler checkpoint was trained on, unless ``allow``; notes."""
-    from datasets.provenance import training_overlap
+    from datasets.errors import DatasetError
+    from datasets.provenance import check_training_data
     from generative.errors import SamplerError
 
-    overlap = training_overlap(sampler.meta.get("data"), description)
-    if overlap is None:
-        return []
-    where = checkpoint if checkpoint is not None else "the shipped sampler checkpoint"
-    if not allow:
-        raise SamplerError(
-            f"{where}: was trained on images of this dataset ({overlap}); evaluate on images it has not "
-            "seen (another split or dataset) or pass --allow-training-images"
-        )
-    return [f"evaluated on images the sampler was trained on ({overlap}); allowed by --allow-training-images"]
+    where = str(checkpoint) if checkpoint is not None else "the shipped sampler checkpoint"
+    try:
+        return check_training_data(sampler.meta.get("data"), description, what=where, allow_overlap=allow)
+    except DatasetError as exc:
+        raise SamplerError(str(exc)) from None
 
 
 def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size: int):
@@ -307,6 +353,8 @@ def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size:
         return None, f"the classifier has no 'Any' label (labels: {', '.join(clf.labels)})", None
     import torch
 
+    from classifiers.metrics import accuracy as accuracy_score
+
     any_index = list(clf.labels).index("Any")
 
     def accuracy(images, labels):
@@ -314,9 +362,7 @@ def _classifier_any(path: Path | None, data_labels: tuple[str, ...], image_size:
         probs = torch.cat(
             [clf.predict(images[i : i + 256], full[i : i + 256]) for i in range(0, len(images), 256)]
         )
-        truth = labels[:, any_index]
-        ok = ~torch.isnan(truth)
-        return float(((probs[ok, any_index] > 0.5).float() == truth[ok]).float().mean())
+        return accuracy_score(probs[:, any_index].numpy(), labels[:, any_index].numpy())
 
     info = {"checkpoint": str(path) if path is not None else "shipped", "sha256": clf.sha256}
     return accuracy, None, info

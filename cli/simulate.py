@@ -7,6 +7,7 @@ imported inside the commands.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -16,7 +17,17 @@ from typing import Any
 
 import typer
 
-from cli.common import console, err_console, user_errors
+from cli.common import (
+    ALLOW_MODALITY_OPTION,
+    ALLOW_SYMLINKS_OPTION,
+    MAX_PIXELS_OPTION,
+    SKIP_BAD_OPTION,
+    console,
+    dataset_options,
+    err_console,
+    recorded_split_seed,
+    user_errors,
+)
 
 DEFAULT_N_IMAGES = 30
 OUT_HELP = (
@@ -150,6 +161,15 @@ def simulate(
         help="Simulate even on images the classifier or sampler checkpoint was trained on "
         "(refused by default: the results would be optimistic).",
     ),
+    split_seed: int | None = typer.Option(
+        None,
+        "--split-seed",
+        help="Split seed of file sources (default: the one the classifier was trained with, else 0).",
+    ),
+    max_pixels: int | None = MAX_PIXELS_OPTION,
+    allow_symlinks: bool = ALLOW_SYMLINKS_OPTION,
+    allow_modality: list[str] | None = ALLOW_MODALITY_OPTION,
+    skip_bad: bool = SKIP_BAD_OPTION,
 ) -> None:
     """Simulate scan sessions (BOED vs baselines) and print accuracy / AUROC / entropy vs scans.
 
@@ -177,6 +197,13 @@ def simulate(
             err_console.print(f"resuming run {resume} with its stored config", style="yellow")
         else:
             pre = get_preset(preset)
+            options = dataset_options(
+                split_seed=split_seed,
+                max_pixels=max_pixels,
+                allow_symlinks=allow_symlinks,
+                allow_modality=allow_modality,
+                skip_bad=skip_bad,
+            )
             config = SimulationConfig(
                 images=images,
                 split=split,
@@ -198,6 +225,11 @@ def simulate(
                 stop_entropy=stop_entropy,
                 stop_eig=stop_eig,
                 allow_training_images=allow_training_images,
+                split_seed=options.get("split_seed"),
+                max_pixels=options.get("max_pixels"),
+                allow_symlinks=allow_symlinks,
+                allow_modalities=options.get("allow_modalities", ()),
+                skip_bad=skip_bad,
             )
             check_memory(config, _available_memory(dev), dev)
             if not no_report:
@@ -207,8 +239,13 @@ def simulate(
         resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
         if resume is not None:
             _check_same_parts(store.get_run(resume), clf, smp)
-        from datasets import open_dataset
+        from datasets import DEFAULT_SPLIT_SEED, open_dataset
 
+        if config.split_seed is None:  # the split the checkpoints were trained on keeps their images out
+            recorded = recorded_split_seed(getattr(clf, "meta", None), getattr(smp, "meta", None))
+            config = dataclasses.replace(
+                config, split_seed=DEFAULT_SPLIT_SEED if recorded is None else recorded
+            )
         dataset = open_dataset(
             config.images,
             split=config.split,
@@ -216,6 +253,7 @@ def simulate(
             n=config.n_images,
             data_root=config.data_root,
             seed=config.seed,
+            **config.dataset_options(),
         )
         warnings = check_parts(config, smp, clf, dataset)
         for line in warnings:

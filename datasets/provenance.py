@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["source_mismatch", "training_overlap"]
+__all__ = ["check_training_data", "source_mismatch", "training_overlap"]
+
+ALLOW_OPTION = "--allow-training-images"
 
 _TRAINED_SPLITS = ("train", "val")
 
@@ -87,8 +89,18 @@ def source_mismatch(trained_on: Mapping[str, Any] | None, data: Mapping[str, Any
     may be meaningless. Another phantom seed is the same distribution (no warning); another file
     collection of the same source gets a milder warning. None when nothing is recorded.
     """
+    if not isinstance(data, Mapping) or not data.get("source"):
+        return None
     records = _records(trained_on)
-    if not records or not isinstance(data, Mapping) or not data.get("source"):
+    if not records:
+        # a record with a source but no fingerprint (checkpoints written before fingerprints):
+        # the source alone still tells phantoms from real radiographs
+        train = trained_on.get("train") if isinstance(trained_on, Mapping) else None
+        if isinstance(train, Mapping) and train.get("source") and train["source"] != data["source"]:
+            return (
+                f"the checkpoint was trained on {train['source']} images but the data are "
+                f"{data['source']} images: its outputs may be meaningless on them"
+            )
         return None
     trained = dict(records[0][1])
     t_source, source = trained.get("source"), data.get("source")
@@ -105,3 +117,41 @@ def source_mismatch(trained_on: Mapping[str, Any] | None, data: Mapping[str, Any
             f"than these data ({_short(data['fingerprint'])}): check that they are alike"
         )
     return None
+
+
+def check_training_data(
+    trained_on: Mapping[str, Any] | None,
+    data: Mapping[str, Any],
+    *,
+    what: str = "the checkpoint",
+    allow_overlap: bool = False,
+) -> list[str]:
+    """The one check every command runs before it evaluates or simulates with a checkpoint.
+
+    Refuses data the checkpoint was trained on (its scores there say nothing about new images)
+    unless ``allow_overlap`` (the ``--allow-training-images`` option), and returns the warnings:
+    the allowed overlap, and a different source or collection than the training data.
+
+    Args:
+        trained_on: the checkpoint's ``meta["data"]`` (``None`` or ``{}``: nothing recorded, no check).
+        data: ``describe()`` of the dataset about to be used.
+        what: how the messages name the checkpoint, e.g. ``"the classifier checkpoint"``.
+
+    Raises:
+        DatasetError: one line naming the checkpoint, the overlap and the option.
+    """
+    from datasets.errors import DatasetError
+
+    warnings: list[str] = []
+    overlap = training_overlap(trained_on, data)
+    if overlap is not None:
+        if not allow_overlap:
+            raise DatasetError(
+                f"{what} was trained on images of this dataset ({overlap}); use images it has not seen "
+                f"(another split or dataset) or pass {ALLOW_OPTION}"
+            )
+        warnings.append(f"{what} was trained on these images ({overlap}); allowed by {ALLOW_OPTION}")
+    mismatch = source_mismatch(trained_on, data)
+    if mismatch is not None:
+        warnings.append(f"{what} was trained on other data: {mismatch}")
+    return warnings

@@ -16,25 +16,33 @@ import pandas as pd
 from boed.policies import FULL_IMAGE
 
 
-def binary_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); NaN with one class only."""
+def _known(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores, truth = np.asarray(scores, dtype=float), np.asarray(truth, dtype=float)
     keep = ~np.isnan(truth) & ~np.isnan(scores)
-    scores, truth = scores[keep], truth[keep] > 0.5
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
+    return scores[keep], truth[keep] > 0.5
+
+
+def binary_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``) over the known labels; NaN with one
+    class only (an AUROC is undefined there, and a report shows it as a gap)."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, truth = _known(scores, truth)
+    if truth.all() or not truth.any():
         return math.nan
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(truth, scores))
 
 
 def accuracy(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
-    """Fraction of known labels predicted right at ``threshold``; NaN when none is known."""
-    probs, truth = np.asarray(probs, dtype=float), np.asarray(truth, dtype=float)
-    keep = ~np.isnan(truth) & ~np.isnan(probs)
-    if not keep.any():
+    """Fraction of known labels predicted right, ``prob >= threshold`` counting as positive (the
+    convention of ``classifiers.metrics.accuracy``; scikit-learn's ``accuracy_score``); NaN when
+    none is known."""
+    from sklearn.metrics import accuracy_score
+
+    probs, truth = _known(probs, truth)
+    if not truth.size:
         return math.nan
-    return float(((probs[keep] >= threshold) == (truth[keep] > 0.5)).mean())
+    return float(accuracy_score(truth, probs >= threshold))
 
 
 def mean_binary_entropy(probs: np.ndarray) -> float:

@@ -1,6 +1,7 @@
 """Policies, the stopping rule, the session loop and the simulation (toy world, fake store)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -500,7 +501,7 @@ def test_non_finite_models_fail_sessions_in_a_run_and_are_counted(world):
 
 
 def test_shipped_phantom_checkpoints_warn_on_other_sources():
-    """The shipped checkpoints' training record has no fingerprint; the source check still applies."""
+    """The shipped checkpoints record their phantom training data; other sources give a warning."""
     import json
     from pathlib import Path
     from types import SimpleNamespace
@@ -518,7 +519,8 @@ def test_shipped_phantom_checkpoints_warn_on_other_sources():
     }
     folder = {"source": "folder", "fingerprint": "f" * 64, "split": "test", "split_seed": 0}
     warnings = check_provenance(parts, folder, allow_training_images=False)
-    assert len(warnings) == 2 and all("phantoms images but the data are folder images" in w for w in warnings)
+    assert len(warnings) == 2
+    assert all(re.search(r"trained on phantoms images .*but the data are folder images", w) for w in warnings)
     assert warnings[0].startswith("the classifier checkpoint") and warnings[1].startswith(
         "the sampler checkpoint"
     )

@@ -152,7 +152,7 @@ def test_training_images_are_refused_unless_allowed():
     clf = CellOracle()
     clf.meta = {"data": {"train": Described().describe(), "val": {**Described().describe(), "split": "val"}}}
     ds = Described(n=16, size=32)
-    with pytest.raises(ClassifierError, match="trained on these images.*--allow-training-images"):
+    with pytest.raises(ClassifierError, match="trained on images of this dataset.*--allow-training-images"):
         evaluate_dataset(clf, ds)
     result = evaluate_dataset(clf, ds, allow_training_images=True, squares=(), full=True)
     assert "checkpoint's train split" in result["training_overlap"]

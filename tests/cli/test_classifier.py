@@ -141,7 +141,7 @@ def test_label_option_reports_only_that_label(own, own_open_dataset):
 def test_training_images_are_refused_unless_allowed(own, own_open_dataset):
     result = runner.invoke(app, ["evaluate-classifier", str(own), "--images", "folder", "--split", "train"])
     assert result.exit_code == 2 and "--allow-training-images" in result.stderr
-    assert "trained on these images" in result.stderr and "Traceback" not in result.stderr
+    assert "trained on images of this dataset" in result.stderr and "Traceback" not in result.stderr
     result = runner.invoke(
         app,
         [
@@ -164,11 +164,12 @@ def test_training_images_are_refused_unless_allowed(own, own_open_dataset):
 
 
 def test_training_split_seed_is_read_defensively():
-    from cli.classifier import training_split_seed
+    from cli.common import recorded_split_seed
 
-    assert training_split_seed({"data": {"train": {"split_seed": 7}}}, 0) == 7
+    assert recorded_split_seed({"data": {"train": {"split_seed": 7}}}) == 7
+    assert recorded_split_seed({}, {"data": {"train": {"split_seed": 2}}}) == 2
     for meta in ({}, {"data": "x"}, {"data": {"train": None}}, {"data": {"train": {"split_seed": True}}}):
-        assert training_split_seed(meta, 3) == 3
+        assert recorded_split_seed(meta) is None
 
 
 def test_data_without_any_label_of_the_classifier(own, fake_open_dataset):
@@ -177,11 +178,13 @@ def test_data_without_any_label_of_the_classifier(own, fake_open_dataset):
     assert "classifier: big, small" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_train_then_evaluate_table_at_80_columns_and_json(trained, fake_open_dataset):
+def test_train_then_evaluate_table_at_80_columns_and_json(trained, fake_open_dataset, monkeypatch):
+    from cli.common import console
+
+    # the console's width is pinned here: a rich Console reads $COLUMNS only when it is created
     assert Path(f"{trained}.safetensors").exists()
-    result = runner.invoke(
-        app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40"], env={"COLUMNS": "80"}
-    )
+    monkeypatch.setattr(console, "_width", 80)
+    result = runner.invoke(app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in result.output
@@ -206,11 +209,11 @@ def test_train_then_evaluate_table_at_80_columns_and_json(trained, fake_open_dat
     rows = [line.split()[0] for line in lines if line.strip()]
     assert rows.count("Pleural_Thickening") == 3 and rows.count("Any") == 3
     assert "ECE" in rows and "n/a:" in rows
-    narrow = runner.invoke(
-        app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40"], env={"COLUMNS": "60"}
-    )
+    monkeypatch.setattr(console, "_width", 60)
+    narrow = runner.invoke(app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40"])
     assert narrow.exit_code == 0 and "…" not in narrow.output
-    assert max(len(line) for line in narrow.output.splitlines()) <= 60
+    too_long = [line for line in narrow.output.splitlines() if len(line) > 60]
+    assert not too_long, too_long
     result = runner.invoke(
         app, ["evaluate-classifier", str(trained), "--images", "phantoms", "--n", "40", "--json"]
     )

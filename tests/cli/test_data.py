@@ -232,21 +232,6 @@ def test_dataset_options_helper():
             dataset_options(**bad)
 
 
-def test_check_training_data_helper(capsys):
-    from cli.common import check_training_data
-    from datasets.errors import DatasetError
-
-    trained = {"train": {"source": "folder", "fingerprint": "f" * 64, "split": "train", "split_seed": 0}}
-    with pytest.raises(DatasetError, match="checkpoint's train split.*--allow-trained-images"):
-        check_training_data(trained, dict(trained["train"]))
-    assert check_training_data(trained, dict(trained["train"]), allow_overlap=True)
-    test = dict(trained["train"], split="test")
-    assert check_training_data(trained, test) == []
-    warnings = check_training_data(trained, dict(test, source="dicom"))
-    assert len(warnings) == 1 and "trained on folder images" in warnings[0]
-    assert "warning:" in capsys.readouterr().err
-
-
 def test_preview_png_bomb_is_one_line_and_skipped(tmp_path, runner):
     import struct
     import zlib

@@ -174,3 +174,26 @@ def test_real_datasets_through_provenance(tmp_path):
     assert training_overlap(
         trained, open_dataset("folder", data_root=root, split="train", seed=1, n=5).describe()
     )
+
+
+def test_check_training_data_refuses_overlap_and_returns_warnings():
+    from datasets.errors import DatasetError
+    from datasets.provenance import check_training_data
+
+    trained = {"train": {"source": "folder", "fingerprint": "f" * 64, "split": "train", "split_seed": 0}}
+    with pytest.raises(
+        DatasetError, match="the checkpoint was trained on .*train split.*--allow-training-images"
+    ):
+        check_training_data(trained, dict(trained["train"]))
+    allowed = check_training_data(trained, dict(trained["train"]), allow_overlap=True, what="the clf")
+    assert len(allowed) == 1 and allowed[0].startswith("the clf was trained on these images")
+    test = dict(trained["train"], split="test")
+    assert check_training_data(trained, test) == []
+    warnings = check_training_data(trained, dict(test, source="dicom"))
+    assert len(warnings) == 1 and "trained on folder images" in warnings[0]
+    # a record without a fingerprint (older checkpoints) still tells one source from another
+    old = {"train": {"source": "phantoms", "split": "train"}}
+    assert (
+        check_training_data(old, dict(test, source="nih"))
+        and check_training_data(old, {"source": "phantoms"}) == []
+    )
