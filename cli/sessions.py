@@ -62,9 +62,15 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _table(title: str, frame, columns: dict[str, str]) -> Table:
-    table = Table(title=title, title_justify="left")
+    from rich import box
+
+    # light borders and folding cells: on an 80-column terminal nothing is cut off with "…"
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
     for i, header in enumerate(columns.values()):
-        table.add_column(header, no_wrap=i == 0)  # ids stay whole
+        # ids stay whole; short headers are not broken mid-word
+        table.add_column(header, no_wrap=i == 0, overflow="fold", min_width=min(len(header), 6))
     for row in frame.itertuples(index=False):
         values = row._asdict()
         table.add_row(*(_fmt(values[name]) for name in columns))
@@ -82,12 +88,12 @@ def list_(db: str | None = DB, run: str | None = RUN) -> None:
                 return
             runs["created"] = runs["created_at"].dt.strftime("%Y-%m-%d %H:%M")
             runs["sessions"] = [f"{d}/{n}" for d, n in zip(runs["n_done"], runs["n_sessions"], strict=True)]
-            columns = {"run_id": "run", "created": "created (UTC)", "status": "status", "target": "target",
+            columns = {"run_id": "run", "created": "created", "status": "status", "target": "target",
                        "sampler": "sampler", "classifier": "classifier", "sessions": "done",
                        "n_failed": "failed"}  # fmt: skip
             if "target" not in runs:  # a store without the column (before schema 0002)
                 del columns["target"]
-            console.print(_table(f"runs in {store.url}", runs, columns))
+            console.print(_table(f"runs in {store.url} (times in UTC)", runs, columns))
             return
         sessions = store.sessions(run)
         sessions["error"] = sessions["error"].map(
