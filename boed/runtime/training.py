@@ -19,7 +19,8 @@ the optimiser, and optionally a learning-rate schedule, gradient clipping, a ski
 After every step the callbacks ``cb(state, stats)`` run (progress, validation, checkpoints; see
 :class:`Every`). ``max_consecutive_skips`` steps in a row with a skipped update raise
 :class:`TrainingError` instead of silently training nothing. With ``seed`` given, the global torch
-RNG is re-seeded from ``(seed, rank, step)`` before every step, so a run resumed at step ``k``
+RNG is re-seeded from ``(seed, rank, step)`` after each batch is fetched and before its forward
+passes (after, because starting a DataLoader iterator draws from that RNG), so a run resumed at step ``k``
 draws exactly what the uninterrupted run drew (nothing random has to be saved).
 
 Extension point: several optimisers
