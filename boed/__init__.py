@@ -3,7 +3,7 @@
 A scan session: after each scan a generative *sampler* imagines N completions of the whole image
 from what has been seen; for every candidate scan location c the controller estimates the expected
 information gain (Eq. 17 of Harvey, Naderiparizi & Wood, "Image Completion via Inference in Deep
-Generative Models", ../shared/papers/001_acb47c175b470c6b.txt)
+Generative Models", 2021)
 
     EIG(c) = H[g(v | x*m, m)] - sum_n w_n H[g(v | I_n * m_c, m_c)],   m_c = m + patch(c)
 

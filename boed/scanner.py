@@ -3,7 +3,7 @@
 A scan at location ``(row, col)`` reveals the ``p x p`` patch of the hidden image whose top-left
 pixel is there. The candidates are the ``G x G`` evenly spaced valid locations
 (``datasets.masks.grid_locations``; 17 x 17 in the paper, appendix B.4 of
-001_acb47c175b470c6b.txt).
+Harvey et al., "Image Completion via Inference in Deep Generative Models" (2021)).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Training of the AVP-CNN g on partial observations (appendix B.4 of 001_acb47c175b470c6b.txt).
+"""Training of the AVP-CNN g on partial observations (appendix B.4 of Harvey et al., "Image Completion via
+Inference in Deep Generative Models" (2021)).
 
 The model-specific layer on :mod:`boed.runtime.training` (the loop: clipping, DDP-safe skipping
 of exploding updates, EMA, warm-up + cosine schedule) and :mod:`boed.runtime.data` (the

@@ -4,11 +4,13 @@ Every function returns float32 ``(n, 1, S, S)`` masks in {0, 1} with 1 = observe
 from the ``torch.Generator`` it is given (``None`` uses torch's global generator, so it is not
 reproducible). No Python loop runs over images or pixels.
 
-- :func:`aipo_masks`: the AIPO training distribution (Section 4 of 001_acb47c175b470c6b.txt): all
-  pixels hidden except ``k ~ Uniform{0..5}`` squares of side 35% of the image at uniform positions.
+- :func:`aipo_masks`: the AIPO training distribution (Section 4 of Harvey et al., "Image Completion via
+  Inference in Deep Generative Models" (2021)): all pixels hidden except ``k ~ Uniform{0..5}`` squares of
+  side 35% of the image at uniform positions.
 - :func:`classifier_masks`: the same with 25% squares (appendix B.4 of the same paper), matching the
   scans of the BOED experiments.
-- :func:`blob_masks`: irregular random blobs, Algorithm 1 of 000_4d02949fbf944a31.txt.
+- :func:`blob_masks`: irregular random blobs, Algorithm 1 of Dupont & Suresha, "Probabilistic Semantic
+  Inpainting with Pixel Constrained CNNs" (2019).
 - :func:`centre_square_masks` (a centred hole: the "holes"/"centre" setting) and
   :func:`three_squares_masks`: evaluation masks for samplers.
 - :func:`grid_locations`, :func:`patch_masks`: the scan grid of the controller and the masks of
@@ -128,7 +130,8 @@ def blob_masks(
     iter_min: int | None = None,
     iter_max: int | None = None,
 ) -> torch.Tensor:
-    """Observed random blobs, Algorithm 1 (appendix D) of 000_4d02949fbf944a31.txt.
+    """Observed random blobs, Algorithm 1 (appendix D) of Dupont & Suresha, "Probabilistic Semantic
+    Inpainting with Pixel Constrained CNNs" (2019).
 
     ``num_blobs ~ Uniform{1..max_num_blobs}``; each blob starts at a uniform pixel and grows for
     ``num_iters ~ Uniform{iter_min..iter_max}`` iterations: every 4-neighbour of every frontier pixel

@@ -1,11 +1,10 @@
 """AIPO and AIPO-R: image completion by amortized inference with a partial encoder.
 
-Harvey, Naderiparizi, Wood, "Image Completion via Inference in Deep Generative Models"
-(001_acb47c175b470c6b.txt), §3. A hierarchical VAE (generative/vdvae.py) models p(I); a *partial
-encoder* q̂(z | Î), the same network as the full encoder with one extra input channel, sees the
-observation Î = cat([I ⊙ m, m]) and replaces the prior when sampling (Eq. 6): z ~ q̂(·|Î), then
-I ~ p(I | z) — one top-down pass of the decoder, each group's q̂(z_l | z_<l, Î) conditioned on the
-decoder state.
+Harvey, Naderiparizi, Wood, "Image Completion via Inference in Deep Generative Models" (2021), §3.
+A hierarchical VAE (generative/vdvae.py) models p(I); a *partial encoder* q̂(z | Î), the same network
+as the full encoder with one extra input channel, sees the observation Î = cat([I ⊙ m, m]) and
+replaces the prior when sampling (Eq. 6): z ~ q̂(·|Î), then I ~ p(I | z) — one top-down pass of the
+decoder, each group's q̂(z_l | z_<l, Î) conditioned on the decoder state.
 
 Objectives (per image, in nats; :meth:`AIPO.losses` returns them per pixel for the optimiser):
 

@@ -5,10 +5,11 @@ Presets share names with ``boed.config.PRESETS``:
 * ``tiny``: 32×32, width 8, for tests (seconds).
 * ``cpu``: 64×64, width 32, 13 latent groups from 1×1 to 64×64, 0.32 M parameters: the shipped
   checkpoint trained in 46 min on one shared CPU thread; 10 completions of one image take ~100 ms.
-* ``paper``: the VD-VAE FFHQ-256 architecture of Child (2020) that 001_acb47c175b470c6b.txt
-  (appendix B.1, B.4) uses for Chest X-ray 14 at 256×256: width 512, zdim 16, 10 mixtures, the same
-  block strings, grad clip 130 / skip threshold 180 (the paper raised the VAE's skip threshold to
-  15 000 and used batch 8; AIPO itself used the original 100 with batch 8), lr 1.5e-4.
+* ``paper``: the VD-VAE FFHQ-256 architecture of Child (2020) that Harvey et al., "Image Completion via
+  Inference in Deep Generative Models" (2021) (appendix B.1, B.4) uses for Chest X-ray 14 at 256×256: width
+  512, zdim 16, 10 mixtures, the same block strings, grad clip 130 / skip threshold 180 (the paper raised
+  the VAE's skip threshold to 15 000 and used batch 8; AIPO itself used the original 100 with batch 8), lr
+  1.5e-4.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Sampler metrics on held-out images (pure functions) and the Fig. 8-style completion grid.
 
-Following §4 and appendix B.4 of 001_acb47c175b470c6b.txt, adapted to what runs on a CPU:
+Following §4 and appendix B.4 of Harvey et al., "Image Completion via Inference in Deep Generative Models"
+(2021), adapted to what runs on a CPU:
 
 * ``elbo_bpd``: the unconditional VAE's negative ELBO (Eq. 2) in bits/dim (lower is better).
 * ``cond_bpd`` at 0..5 observed squares of side 35 % (``datasets.masks.squares_masks``): the

@@ -3,7 +3,7 @@
 Images are in the model range [-1, 1] at the 256 bin centres (``generative.vdvae.to_model_range``).
 Parameters ``(B, 3K, H, W)``: K mixture logits, K means, K log-scales per pixel. Log-probabilities
 are per pixel, ``(B, 1, H, W)``, so AIPO-R can sum them over the observed pixels only (Eq. 15 of
-001_acb47c175b470c6b.txt).
+Harvey et al., "Image Completion via Inference in Deep Generative Models" (2021)).
 """
 
 from __future__ import annotations

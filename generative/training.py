@@ -1,13 +1,13 @@
 """Training of the AIPO / AIPO-R samplers and their unconditional VAE (model code is in aipo.py).
 
-The model-specific layer on :mod:`boed.runtime.training` (gradient clipping, DDP-safe skipping of
-updates above a threshold with the count logged, the all-skipped guard, EMA of the weights with a
-warm-up) and :mod:`boed.runtime.data` (the streaming data path: DataLoader workers decode and
-resize images one by one, a seeded epoch order, one shard per rank). Masks come from the AIPO
-mask distribution (``datasets.masks.aipo_masks``: 0–5 squares of side 35 %, §4 of
-001_acb47c175b470c6b.txt), drawn per batch from a generator seeded by ``(seed, rank, step)``; the
-learning rate warms up linearly then decays by a cosine to a tenth; the EMA weights are validated
-periodically on an in-memory subset of ``val_images`` validation images. Two checkpoints:
+The model-specific layer on :mod:`boed.runtime.training` (gradient clipping, DDP-safe skipping of updates
+above a threshold with the count logged, the all-skipped guard, EMA of the weights with a warm-up) and
+:mod:`boed.runtime.data` (the streaming data path: DataLoader workers decode and resize images one by one, a
+seeded epoch order, one shard per rank). Masks come from the AIPO mask distribution
+(``datasets.masks.aipo_masks``: 0–5 squares of side 35 %, §4 of Harvey et al., "Image Completion via
+Inference in Deep Generative Models" (2021)), drawn per batch from a generator seeded by ``(seed, rank,
+step)``; the learning rate warms up linearly then decays by a cosine to a tenth; the EMA weights are
+validated periodically on an in-memory subset of ``val_images`` validation images. Two checkpoints:
 
 * ``OUT`` (kind ``sampler``): the EMA weights only, what :func:`generative.registry.build_sampler`
   loads; the JSON holds the resolved config, the data description (``data``) and provenance

@@ -1,12 +1,12 @@
 """A hierarchical VAE in the style of VD-VAE (Child 2020, "Very deep VAEs generalize autoregressive models").
 
-This is the unconditional image model p(I) = ∫ p(I | z) p(z) dz behind AIPO (§2.2 of
-001_acb47c175b470c6b.txt, Fig. 2a): a bottom-up encoder, a top-down decoder and L groups of latent
-variables ``z_1..z_L`` at resolutions from 1×1 up to the image. The decoder keeps a hidden state
-``h`` per resolution; group ``l`` has a diagonal-Gaussian prior p(z_l | z_<l) computed from the
-decoder state ``h_{l-1}`` (Eq. 4) and a diagonal-Gaussian posterior q(z_l | z_<l, I) computed from the
-same state and the encoder's activation at that resolution. Pixels have a discretised logistic
-mixture likelihood for 8-bit grayscale (:mod:`generative.likelihood`).
+This is the unconditional image model p(I) = ∫ p(I | z) p(z) dz behind AIPO (§2.2 of Harvey et al., "Image
+Completion via Inference in Deep Generative Models" (2021), Fig. 2a): a bottom-up encoder, a top-down
+decoder and L groups of latent variables ``z_1..z_L`` at resolutions from 1×1 up to the image. The decoder
+keeps a hidden state ``h`` per resolution; group ``l`` has a diagonal-Gaussian prior p(z_l | z_<l) computed
+from the decoder state ``h_{l-1}`` (Eq. 4) and a diagonal-Gaussian posterior q(z_l | z_<l, I) computed from
+the same state and the encoder's activation at that resolution. Pixels have a discretised logistic mixture
+likelihood for 8-bit grayscale (:mod:`generative.likelihood`).
 
 Shapes: images ``(B, 1, H, W)`` in [0, 1]; encoder activations ``{res: (B, width, res, res)}``; the
 latent of a group ``(B, zdim, res, res)``; decoder output ``(B, 3K, H, W)`` mixture parameters.
