@@ -158,6 +158,13 @@ def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
+def predict_checked(classifier: Classifier, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``classifier.predict`` ``(B, L)``, refusing non-finite probabilities (BoedError)."""
+    return check_finite(
+        classifier.predict(observed, mask), "the classifier returned non-finite probabilities"
+    )
+
+
 class EIG(NamedTuple):
     """Result of :func:`expected_information_gain`.
 
@@ -302,10 +309,7 @@ def map_predictions(
     for start in range(0, u * n, chunk):
         idx = torch.arange(start, min(start + chunk, u * n), device=images.device)
         m = masks[idx // n]
-        probs = check_finite(
-            classifier.predict(images[idx % n] * m, m), "the classifier returned non-finite probabilities"
-        )
-        out[idx] = reduce(probs).double()
+        out[idx] = reduce(predict_checked(classifier, images[idx % n] * m, m)).double()
     return out.reshape(u, n).T
 
 

@@ -33,6 +33,7 @@ from boed.eig import (
     DEFAULT_MEMORY_BUDGET,
     check_finite,
     expected_information_gain,
+    predict_checked,
     resolve_target,
     target_entropy,
 )
@@ -112,12 +113,6 @@ def at_step(step: int) -> Iterator[None]:
         if str(exc).startswith("step "):  # already says which step (the shared first decision)
             raise
         raise BoedError(f"step {step}: {exc}") from exc
-
-
-def predict_checked(classifier: Classifier, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``classifier.predict`` ``(B, L)``, refusing non-finite probabilities (BoedError)."""
-    probs = classifier.predict(observed, mask)
-    return check_finite(probs, "the classifier returned non-finite probabilities")
 
 
 def _eig_map(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:

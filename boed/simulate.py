@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from boed.config import ConfigError, from_dict, to_dict
-from boed.eig import DEFAULT_MEMORY_BUDGET, resolve_target
+from boed.eig import DEFAULT_MEMORY_BUDGET, predict_checked, resolve_target
 from boed.errors import BoedError
 from boed.policies import FULL_IMAGE, StoppingRule, get_policy, parse_policies
 from boed.scanner import CandidateGrid
-from boed.session import PriorDecision, predict_checked, prior_decision, run_session
+from boed.session import PriorDecision, prior_decision, run_session
 from boed.store.errors import StoreError, StoreWriteError
 
 if TYPE_CHECKING:

@@ -109,7 +109,7 @@ def train_sampler_command(
         )
         from datasets import open_dataset
 
-        options = dataset_options(
+        data_options = dataset_options(
             split_seed=split_seed,
             max_pixels=max_pixels,
             allow_symlinks=allow_symlinks,
@@ -123,10 +123,16 @@ def train_sampler_command(
             n=n_train,
             data_root=data_root,
             seed=seed,
-            **options,
+            **data_options,
         )
         val_ds = open_dataset(
-            images, split="val", size=config.image_size, n=n_val, data_root=data_root, seed=seed, **options
+            images,
+            split="val",
+            size=config.image_size,
+            n=n_val,
+            data_root=data_root,
+            seed=seed,
+            **data_options,
         )
         options = TrainOptions(
             out=out,

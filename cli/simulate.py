@@ -225,11 +225,7 @@ def simulate(
                 stop_entropy=stop_entropy,
                 stop_eig=stop_eig,
                 allow_training_images=allow_training_images,
-                split_seed=options.get("split_seed"),
-                max_pixels=options.get("max_pixels"),
-                allow_symlinks=allow_symlinks,
-                allow_modalities=options.get("allow_modalities", ()),
-                skip_bad=skip_bad,
+                **options,  # split_seed, max_pixels, allow_symlinks, allow_modalities, skip_bad
             )
             check_memory(config, _available_memory(dev), dev)
             if not no_report:
@@ -283,9 +279,13 @@ def simulate(
 def _check_out(out: Path | None, run_id: str | None) -> None:
     """Before any work: the report folder (``--out``, else ``runs/``) can be created and written
     (a probe file), and ``--out`` holds no other run's report (``run_id`` None: a new run)."""
+    _check_owner(out, _check_writable(out), run_id)
+
+
+def _check_owner(out: Path | None, folder: Path, run_id: str | None) -> None:
+    """``--out`` must hold no other run's report (the default folder ``runs/`` is shared)."""
     from boed.errors import BoedError
 
-    folder = _check_writable(out)
     owner = _other_report(folder, run_id) if out is not None else None
     if owner is not None:
         raise BoedError(
@@ -505,13 +505,13 @@ def report(
         from boed.report import build_report, load_target_summary
         from boed.store import Store
 
-        _check_writable(out)
+        folder = _check_writable(out)
         store = Store.open(db)
         if run_id == "latest":
             run_id = store.latest_run_id() or ""
             if not run_id:
                 raise BoedError("the store has no runs")
-        _check_out(out, run_id)
+        _check_owner(out, folder, run_id)
         _, tgt, summary = load_target_summary(store, run_id)
         index = _write_report(build_report, store, run_id, out)
         console.print(_summary_table(summary, f"run {run_id}: {tgt.title} vs number of scans"))
