@@ -23,10 +23,16 @@ class Completions(NamedTuple):
         images: ``(N, B, 1, H, W)`` completed images; observed pixels equal the input exactly.
         log_weights: optional ``(N, B)`` unnormalised importance log-weights (retrieval or
             importance-sampling samplers); ``None`` means equally weighted.
+        info: optional per-draw diagnostics a sampler reports beside the images, each a tensor
+            whose leading dims are ``(N, B)`` or ``(B,)``, e.g. ``"log_likelihood"`` ``(N, B)``
+            (autoregressive samplers: the exact log-probability of each completion's sampled
+            pixels, nats) or ``"ess"`` ``(B,)`` (weighted samplers: the effective sample size).
+            Diagnostics only: the EIG estimator reads ``log_weights``, never ``info``.
     """
 
     images: torch.Tensor
     log_weights: torch.Tensor | None = None
+    info: dict[str, torch.Tensor] | None = None
 
 
 @runtime_checkable

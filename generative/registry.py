@@ -1,81 +1,167 @@
-"""Samplers by name: ``build_sampler(name, checkpoint=None, *, preset="cpu", device="cpu")``.
+"""Samplers by name: ``build_sampler(name, checkpoint=None, *, preset="cpu", device="cpu", **options)``.
 
-* ``aipo``: AIPO (forward KL, Eq. 10 of Harvey, Naderiparizi & Wood, "Image Completion via
-  Inference in Deep Generative Models", 2022): samples from the partial encoder of an AIPO
-  checkpoint. The shipped default.
-* ``aipo-r``: AIPO-R (reverse KL, Eq. 15): samples from the partial encoder of an AIPO-R
-  checkpoint. No AIPO-R checkpoint is shipped (see generative/README.md); train one with
-  ``boed train-sampler --sampler aipo-r`` and pass it.
-* ``vae``: the unconditional hierarchical VAE of any sampler checkpoint, observed pixels pasted in
-  (a baseline that ignores the observation; it never uses the partial encoder).
+One :class:`SamplerSpec` per name in :data:`SPECS`; :data:`SAMPLERS` is their names in order. A
+spec points (by ``"module:attribute"``, imported only when used, so ``import generative.registry``
+stays light) to either
 
-A checkpoint records the kind of sampler it was trained as in ``meta["sampler"]`` (objective
-``vae`` → ``vae``, ``aipo`` / ``vae+aipo`` → ``aipo``, ``aipo-r`` / ``vae+aipo-r`` → ``aipo-r``;
-``generative.training.SAMPLER_FOR_OBJECTIVE``). ``aipo`` needs an ``aipo`` checkpoint and
-``aipo-r`` an ``aipo-r`` one, since their partial encoders were trained with different objectives
-(and a ``vae`` checkpoint's partial encoder is untrained); ``vae`` accepts every kind.
-``checkpoint=None`` loads the shipped ``generative/weights/aipo-phantom-<preset>.*``.
+* a trainable **family** (:class:`generative.family.SamplerFamily`): trained with ``boed
+  train-sampler --sampler NAME`` by the shared trainer, loaded from its ``sampler`` checkpoint by
+  :func:`generative.family.load_family_model`, wrapped by the family's ``make_sampler``; or
+* a **builder** ``build(checkpoint, *, preset, device, **options) -> Sampler`` for samplers that
+  do not train: with no file at all (``needs_checkpoint=False``), or from an artifact built from
+  training images by the spec's ``artifact`` function ``(images (N, 1, S, S), out, **kw) -> Path``
+  (a mean image, a retrieval index).
+
+A checkpoint records the sampler it was trained as in ``meta["sampler"]`` and is refused under
+another name unless its family accepts it (the ``vae`` baseline runs any AIPO checkpoint's VAE).
+``checkpoint=None`` loads the shipped ``generative/weights/<stem>-<preset>.*`` where there is one.
+
+Adding a sampler: write its module (a family, or a builder), add one spec to :data:`SPECS`; the
+shared contract (tests/generative/test_sampler_contract.py) then runs on it automatically.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from generative.errors import SamplerError
 
-SAMPLERS: tuple[str, ...] = ("aipo", "aipo-r", "vae")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-# sampler name -> stem of its shipped checkpoint (the VAE baseline uses the AIPO checkpoint's VAE)
-SHIPPED: dict[str, str] = {"aipo": "aipo-phantom", "vae": "aipo-phantom"}
 
 
-def shipped_checkpoint(preset: str = "cpu", name: str = "aipo") -> Path:
-    """Path (stem) of the shipped checkpoint of sampler ``name`` for ``preset``.
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to build (and train) the sampler ``name``; see the module docstring.
 
-    Raises:
-        SamplerError: ``name`` has no shipped checkpoint (``aipo-r``).
+    Attributes:
+        family: ``"module:ATTR"`` of its :class:`~generative.family.SamplerFamily` (trainable).
+        build: ``"module:function"`` of its builder (samplers without a family).
+        artifact: ``"module:function"`` building its data artifact from training images.
+        needs_checkpoint: whether it needs a file (a checkpoint or an artifact).
+        deterministic: the n completions of one input are identical (a point estimate).
+        shipped: stem of its shipped checkpoint in ``generative/weights`` (``<stem>-<preset>``).
+        no_shipped: what to tell a user when there is no shipped file (default: how to train one).
     """
-    if name not in SHIPPED:
-        raise SamplerError(_no_shipped(name, preset))
-    return WEIGHTS / f"{SHIPPED[name]}-{preset}"
+
+    name: str
+    summary: str
+    family: str | None = None
+    build: str | None = None
+    artifact: str | None = None
+    needs_checkpoint: bool = True
+    deterministic: bool = False
+    shipped: str | None = None
+    no_shipped: str | None = None
+
+
+SPECS: dict[str, SamplerSpec] = {
+    s.name: s
+    for s in (
+        SamplerSpec(
+            "aipo",
+            "AIPO (forward KL, Eq. 10 of Harvey et al. 2022): the partial encoder of a hierarchical VAE",
+            family="generative.aipo:FAMILY",
+            shipped="aipo-phantom",
+        ),
+        SamplerSpec(
+            "aipo-r",
+            "AIPO-R (reverse KL, Eq. 15 of Harvey et al. 2022)",
+            family="generative.aipo:FAMILY",
+            no_shipped=(
+                "there is no shipped AIPO-R checkpoint (the one trained on the CPU failed its evaluation); "
+                "train one with `boed train-sampler --sampler aipo-r --pretrained-vae "
+                "generative/weights/aipo-phantom-{preset} --preset {preset} --out CKPT` and pass CKPT"
+            ),
+        ),
+        SamplerSpec(
+            "vae",
+            "the unconditional VAE of any AIPO checkpoint, observed pixels pasted (ignores the observation)",
+            family="generative.aipo:FAMILY",
+            shipped="aipo-phantom",
+        ),
+    )
+}
+SAMPLERS: tuple[str, ...] = tuple(SPECS)
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get_spec(name: str) -> SamplerSpec:
+    """The spec of sampler ``name``; a ``SamplerError`` listing the valid names otherwise."""
+    if name not in SPECS:
+        raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    return SPECS[name]
+
+
+def get_family(name: str):
+    """The :class:`~generative.family.SamplerFamily` of sampler ``name``, or None when it does not train."""
+    spec = get_spec(name)
+    return _resolve(spec.family) if spec.family else None
+
+
+def trainable() -> tuple[str, ...]:
+    """The names ``boed train-sampler --sampler`` accepts."""
+    return tuple(name for name, spec in SPECS.items() if spec.family)
 
 
 def _no_shipped(name: str, preset: str) -> str:
-    if name == "aipo-r":
-        return (
-            "there is no shipped AIPO-R checkpoint (the one trained on the CPU failed its evaluation); "
-            "train one with `boed train-sampler --sampler aipo-r --pretrained-vae "
-            f"generative/weights/aipo-phantom-{preset} --preset {preset} --out CKPT` and pass CKPT"
-        )
+    spec = get_spec(name)
+    if spec.no_shipped:
+        return spec.no_shipped.format(preset=preset, name=name)
+    if spec.artifact:
+        return f"no shipped {name} file for preset {preset!r}; build one from training images and pass it"
     return (
         f"no shipped {name} checkpoint for preset {preset!r}; train one with "
         f"`boed train-sampler --sampler {name} --preset {preset} --out CKPT` and pass it"
     )
 
 
+def shipped_checkpoint(preset: str = "cpu", name: str = "aipo") -> Path:
+    """Path (stem) of the shipped checkpoint of sampler ``name`` for ``preset``.
+
+    Raises:
+        SamplerError: ``name`` has no shipped checkpoint.
+    """
+    spec = get_spec(name)
+    if spec.shipped is None:
+        raise SamplerError(_no_shipped(name, preset))
+    return WEIGHTS / f"{spec.shipped}-{preset}"
+
+
 def checkpoint_kind(meta: dict[str, Any]) -> str | None:
-    """The sampler kind a checkpoint was trained as: ``meta["sampler"]``, else from its objective."""
+    """The sampler a checkpoint was trained as: ``meta["sampler"]``, else (old AIPO files) its objective's."""
     kind = meta.get("sampler")
-    if kind in SAMPLERS:
+    if kind in SPECS:
         return kind
     config = meta.get("config")
     objective = config.get("objective") if isinstance(config, dict) else None
-    from generative.training import SAMPLER_FOR_OBJECTIVE
+    from generative.aipo import SAMPLER_FOR_OBJECTIVE
 
     return SAMPLER_FOR_OBJECTIVE.get(objective) if isinstance(objective, str) else None
 
 
-def check_kind(name: str, kind: str | None, path: Any) -> None:
+def check_kind(name: str, kind: str | None, path: Any, family: Any = None) -> None:
     """Refuse to run a checkpoint of sampler kind ``kind`` as sampler ``name`` (see module docstring)."""
-    if name == "vae" or kind == name:
+    family = family or get_family(name)
+    if family.accepts(name, kind):
         return
     if kind is None:
         raise SamplerError(
             f"{path}: the checkpoint does not record which sampler it was trained as (no 'sampler' "
             f"or known config objective); it cannot be run as {name!r}"
         )
-    hint = "--sampler vae uses only its VAE" if kind == "vae" else f"run it as --sampler {kind} (or vae)"
+    if kind == "vae" and name in ("aipo", "aipo-r"):
+        hint = "--sampler vae uses only its VAE"
+    elif kind in ("aipo", "aipo-r"):
+        hint = f"run it as --sampler {kind} (or vae)"
+    else:
+        hint = f"run it as --sampler {kind}"
     raise SamplerError(f"{path}: is a {kind!r} sampler checkpoint, requested as {name!r}; {hint}")
 
 
@@ -85,33 +171,67 @@ def build_sampler(
     *,
     preset: str = "cpu",
     device: str = "cpu",
-    temperature: float | None = None,
-    pixel_noise: bool | None = None,
+    **options: Any,
 ):
     """Build the sampler ``name`` from ``checkpoint`` (default: the shipped one for ``preset``).
 
+    ``options`` are the sampler's own sampling options (``temperature`` for AIPO, ...; ``None``
+    values mean the default); unknown ones are a ``SamplerError``.
+
     Raises:
-        SamplerError: unknown name, no shipped checkpoint for ``name`` / ``preset``, or a
-            checkpoint of another sampler kind than ``name`` asks for (one line naming the file).
-        CheckpointError: a missing, corrupt or mismatching checkpoint (generative.checkpoint).
+        SamplerError: unknown name, no shipped checkpoint for ``name`` / ``preset``, a checkpoint
+            of another sampler kind than ``name`` asks for, or one that does not fit (one line
+            naming the file).
+        CheckpointError: a missing or corrupt checkpoint pair (boed.runtime.checkpoints).
     """
-    if name not in SAMPLERS:
-        raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    spec = get_spec(name)
     from boed.runtime.checkpoints import checkpoint_paths
 
-    if checkpoint is None:
+    if checkpoint is None and spec.needs_checkpoint:
+        if spec.shipped is None:
+            raise SamplerError(_no_shipped(name, preset))
         checkpoint = shipped_checkpoint(preset, name)
         if not checkpoint_paths(checkpoint)[1].is_file():
             raise SamplerError(_no_shipped(name, preset))
-    import torch
+    if not spec.family:
+        return _resolve(spec.build)(checkpoint, preset=preset, device=device, **options)
 
     from boed.runtime.checkpoints import read_meta
-    from generative.aipo import AIPOSampler
-    from generative.checkpoint import load_model
+    from generative.family import load_family_model
 
-    check_kind(name, checkpoint_kind(read_meta(checkpoint)), checkpoint_paths(checkpoint)[1])
-    model, meta = load_model(checkpoint, device)
-    model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
-    return AIPOSampler(
-        model, name=name, sha256=meta["sha256"], meta=meta, temperature=temperature, pixel_noise=pixel_noise
-    )
+    family = _resolve(spec.family)
+    check_kind(name, checkpoint_kind(read_meta(checkpoint)), checkpoint_paths(checkpoint)[1], family)
+    model, meta = load_family_model(checkpoint, family, device)
+    return family.make_sampler(model, name=name, sha256=meta["sha256"], meta=meta, **options)
+
+
+def untrained_checkpoint(
+    name: str, out: str | Path, *, preset: str = "tiny", seed: int = 0, images: Any = None, **changes: Any
+) -> Path | None:
+    """A file sampler ``name`` can be built from without training, for tests and smoke runs.
+
+    Trainable samplers: a freshly initialised (seeded) model of ``preset`` saved as a ``sampler``
+    checkpoint exactly as the trainer writes it (``changes`` override config fields). Samplers
+    built from data: their artifact from ``images`` ``(N, 1, S, S)`` (default: 16 seeded random
+    images of the preset's size, 32 for ``tiny``). Samplers without a file: ``None``.
+    """
+    import torch
+
+    spec = get_spec(name)
+    out = Path(out)
+    if spec.family:
+        from boed.runtime.checkpoints import save_checkpoint
+        from generative.family import checkpoint_meta, model_tensors
+
+        family = _resolve(spec.family)
+        config = family.for_name(family.config(preset, **changes), name)
+        torch.manual_seed(seed)
+        model = family.build_model(config)
+        save_checkpoint(out, model_tensors(model), checkpoint_meta(family, config, name, data={}))
+        return out
+    if spec.artifact:
+        if images is None:
+            size = {"tiny": 32, "cpu": 64, "paper": 256}.get(preset, 32)
+            images = torch.rand(16, 1, size, size, generator=torch.Generator().manual_seed(seed))
+        return _resolve(spec.artifact)(images, out, **changes)
+    return None

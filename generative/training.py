@@ -1,22 +1,29 @@
-"""Training of the AIPO / AIPO-R samplers and their unconditional VAE (model code is in aipo.py).
+"""The one trainer of every sampler: a family (generative.family) on :mod:`boed.runtime.training`.
 
-The model-specific layer on :mod:`boed.runtime.training` (gradient clipping, DDP-safe skipping of updates
-above a threshold with the count logged, the all-skipped guard, EMA of the weights with a warm-up) and
-:mod:`boed.runtime.data` (the streaming data path: DataLoader workers decode and resize images one by one, a
-seeded epoch order, one shard per rank). Masks come from the AIPO mask distribution
-(``datasets.masks.aipo_masks``: 0–5 squares of side 35 %, §4 of Harvey et al., "Image Completion via
-Inference in Deep Generative Models" (2021)), drawn per batch from a generator seeded by ``(seed, rank,
-step)``; the learning rate warms up linearly then decays by a cosine to a tenth; the EMA weights are
-validated periodically on an in-memory subset of ``val_images`` validation images. Two checkpoints:
+:func:`train_generative` trains any :class:`~generative.family.SamplerFamily` the same way:
 
-* ``OUT`` (kind ``sampler``): the EMA weights only, what :func:`generative.registry.build_sampler`
-  loads; the JSON holds the resolved config, the data description (``data``) and provenance
-  (``trained_on``), validation metrics and the training state.
-* ``OUT.train`` (kind ``train-state``, :mod:`boed.runtime.resume`): raw weights, EMA, AdamW state
-  and progress, for ``--resume`` (bit-exact: the run continues as if never stopped).
+* the streaming data path of :mod:`boed.runtime.data` (DataLoader workers decode and resize images
+  one by one, a seeded epoch order, one shard per rank); each step's batch is ``(x, mask)`` with
+  masks from the family's distribution (default: the AIPO masks, 0–5 squares of side 35 %, §4 of
+  Harvey et al., "Image Completion via Inference in Deep Generative Models", 2021), drawn from a
+  generator seeded by ``(seed, rank, step)``;
+* the family's phases (one per optimiser: a GAN's critic and generator, say), with their
+  schedules, gradient clipping, DDP-safe skipping of bad updates and the all-skipped guard of
+  :func:`boed.runtime.training.train`; an EMA of the weights when the family asks for one;
+* validation of the EMA (else raw) weights on an in-memory subset of ``val_images`` validation
+  images with fixed masks and fixed random draws, every ``val_every`` steps and at the end, then
+  the family's ``on_validate`` hook (sample grids);
+* two checkpoints: ``OUT`` (kind ``sampler``): the EMA (else raw) weights, what
+  :func:`generative.registry.build_sampler` loads, its JSON holding the resolved config, the data
+  description (``data``), provenance (``trained_on``), validation metrics and the training state;
+  and ``OUT.train`` (kind ``train-state``, :mod:`boed.runtime.resume`): raw weights, EMA, every
+  optimiser's state and progress, for ``--resume`` (bit-exact: the run continues as if never
+  stopped; only ``steps`` may change);
+* ``torchrun``: each rank reads its own shard, gradients are averaged by DDP, rank 0 validates and
+  writes the checkpoints.
 
-Runs under ``torchrun``: each rank reads its own shard, gradients are averaged by DDP, rank 0
-validates and writes the checkpoints.
+:func:`train_sampler` is the AIPO entry point (the family of generative/aipo.py, the sampler name
+given by the config's objective).
 """
 
 from __future__ import annotations
@@ -32,39 +39,27 @@ import torch
 
 from boed.config import to_dict
 from boed.runtime.checkpoints import CheckpointError, save_checkpoint
-from boed.runtime.data import (
-    TensorImages,
-    default_workers,
-    image_loader,
-    memory_subset,
-    step_generator,
-)
+from boed.runtime.data import TensorImages, default_workers, image_loader, memory_subset, step_generator
 from boed.runtime.devices import DistInfo
 from boed.runtime.provenance import data_record, resume_data_mismatch, trained_on
 from boed.runtime.resume import load_resume, resume_path, save_resume
-from boed.runtime.schedule import ema_warmup, warmup_cosine
-from boed.runtime.training import EMA, Every, Phase, TrainState, train
-from generative.aipo import AIPO
-from generative.checkpoint import load_model
-from generative.config import AIPOConfig
+from boed.runtime.training import EMA, TrainState, train
+from boed.runtime.training import Every as Every
 from generative.errors import SamplerError
+from generative.family import MaskFn, SamplerFamily, checkpoint_meta, model_tensors
 
 TRAINS = "sampler"
 MASK_STREAM = 1
-FINAL_LR_FACTOR = 0.1  # cosine decay to a tenth of the peak learning rate
-SAMPLER_FOR_OBJECTIVE = {
-    "vae": "vae",
-    "aipo": "aipo",
-    "vae+aipo": "aipo",
-    "aipo-r": "aipo-r",
-    "vae+aipo-r": "aipo-r",
-}
-MaskFn = Callable[[int, int, torch.Generator], torch.Tensor]
+VAL_SEED = 12345  # fixed validation masks and draws: every validation sees the same inputs
 
 
 @dataclass
 class TrainOptions:
-    """How to run (not what the model is): paths, seeds, cadence, loader workers."""
+    """How to run (not what the model is): paths, seeds, cadence, loader workers.
+
+    ``pretrained_vae`` / ``init_partial_from_encoder`` are the AIPO family's pretrained mode
+    (§3.2 of Harvey et al.); other families refuse them.
+    """
 
     out: Path
     seed: int = 0
@@ -84,21 +79,10 @@ def train_state_path(out: Path) -> Path:
     return resume_path(out)
 
 
-def default_masks() -> MaskFn:
-    from datasets.masks import aipo_masks
-
-    return aipo_masks
-
-
-def lr_schedule(config: AIPOConfig) -> Callable[[int], float]:
-    """Learning-rate factor of step ``s``: linear warm-up, then cosine decay to a tenth."""
-    return lambda s: warmup_cosine(
-        s, steps=config.steps, warmup_steps=config.warmup_steps, final=FINAL_LR_FACTOR
-    )
-
-
 def sampler_meta(
-    config: AIPOConfig,
+    family: SamplerFamily,
+    name: str,
+    config: Any,
     state: TrainState,
     options: TrainOptions,
     metrics: dict,
@@ -107,22 +91,18 @@ def sampler_meta(
     provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON of a ``sampler`` checkpoint (``data`` = the train/val descriptions)."""
-    return {
-        "kind": "sampler",
-        "sampler": SAMPLER_FOR_OBJECTIVE[config.objective],
-        "model": "aipo-hvae",
-        "config": to_dict(config),
-        "image_size": config.image_size,
-        "data": data or {},
-        "trained_on": provenance or {},
-        "metrics": metrics,
-        "training": state.as_dict()
-        | {
-            "seed": options.seed,
-            "command": options.command,
-            "pretrained_vae": str(options.pretrained_vae or ""),
-        },
-    }
+    training = state.as_dict() | {"seed": options.seed, "command": options.command}
+    if options.pretrained_vae is not None:
+        training["pretrained_vae"] = str(options.pretrained_vae)
+    return checkpoint_meta(
+        family,
+        config,
+        name,
+        data=data or {},
+        trained_on=provenance or {},
+        metrics=metrics,
+        training=training,
+    )
 
 
 def _as_dataset(images: Any, what: str) -> Any:
@@ -131,49 +111,8 @@ def _as_dataset(images: Any, what: str) -> Any:
     return images
 
 
-def _build_model(config: AIPOConfig, options: TrainOptions, device: torch.device) -> AIPO:
-    model = AIPO(config).to(device, memory_format=torch.channels_last)  # ~1.5x faster convs on CPU
-    if options.pretrained_vae is None:
-        return model
-    # §3.2: a trained unconditional VAE, only the partial encoder learns
-    if config.objective.startswith("vae"):
-        raise SamplerError("with --pretrained-vae the objective must be aipo or aipo-r (the VAE is frozen)")
-    base, _ = load_model(options.pretrained_vae, str(device))
-    base_arch, arch = (replace(c.arch(), grad_checkpoint=False) for c in (base.config, config))
-    if base_arch != arch:
-        raise SamplerError(
-            f"{options.pretrained_vae}: its architecture differs from preset {config.preset!r}"
-        )
-    model.vae.load_state_dict(base.vae.state_dict())
-    init = options.init_partial_from_encoder
-    if init if init is not None else config.objective == "aipo-r":
-        model.init_partial_from_encoder()
-    model.freeze_vae()
-    return model
-
-
-def train_sampler(
-    config: AIPOConfig,
-    train_set: Any,
-    val_set: Any,
-    options: TrainOptions,
-    *,
-    dist: DistInfo | None = None,
-    mask_fn: MaskFn | None = None,
-    log: Callable[[str], None] = print,
-    callbacks: list[Callable[[TrainState, dict[str, float]], None]] | None = None,
-) -> tuple[AIPO, TrainState, dict[str, float]]:
-    """Train ``config`` on ``train_set``, validate on the first ``val_images`` of ``val_set``.
-
-    ``train_set``/``val_set`` are map-style datasets (``ds[i]["img"]`` ``(1, S, S)``, e.g.
-    ``datasets.open_dataset(...)``) or in-memory tensors ``(N, 1, S, S)``.
-    Returns the EMA model, the final training state and the last validation metrics.
-    """
-    dist = dist or DistInfo()
-    mask_fn = mask_fn or default_masks()
-    device = torch.device(options.device)
+def _check_data(train_set: Any, val_set: Any, config: Any, val_images: int) -> torch.Tensor:
     size = config.image_size
-    train_set, val_set = _as_dataset(train_set, "tensor"), _as_dataset(val_set, "tensor")
     if len(train_set) < 1:
         raise SamplerError("the training split is empty")
     first = torch.as_tensor(train_set[0]["img"])
@@ -182,39 +121,75 @@ def train_sampler(
             f"training images must be (N, 1, {size}, {size}) for preset {config.preset!r}, "
             f"got items of {tuple(first.shape)}"
         )
-    val, _ = memory_subset(val_set, options.val_images)
+    val, _ = memory_subset(val_set, val_images)
     if len(val) == 0:
         raise SamplerError("the validation split is empty")
+    return val
+
+
+def _check_resume(resumed: Any, config: Any, train_set: Any) -> None:
+    now = json.loads(json.dumps(to_dict(replace(config, steps=resumed.meta["config"]["steps"]))))
+    if resumed.meta.get("config") != now:
+        raise SamplerError(
+            f"--resume: {resumed.path} was trained with another config (only --steps may change)"
+        )
+    if why := resume_data_mismatch(resumed.meta.get("trained_on"), trained_on(train_set, config.image_size)):
+        raise SamplerError(why)
+
+
+def train_generative(
+    family: SamplerFamily,
+    name: str,
+    config: Any,
+    train_set: Any,
+    val_set: Any,
+    options: TrainOptions,
+    *,
+    dist: DistInfo | None = None,
+    mask_fn: MaskFn | None = None,
+    log: Callable[[str], None] = print,
+    callbacks: list[Callable[[TrainState, dict[str, float]], None]] | None = None,
+) -> tuple[torch.nn.Module, TrainState, dict[str, float]]:
+    """Train sampler ``name`` of ``family`` with ``config`` on ``train_set``; see the module docstring.
+
+    ``train_set``/``val_set`` are map-style datasets (``ds[i]["img"]`` ``(1, S, S)``, e.g.
+    ``datasets.open_dataset(...)``) or in-memory tensors ``(N, 1, S, S)``.
+    Returns the trained (EMA, when the family uses one) model, the final state and the last
+    validation metrics.
+    """
+    if name not in family.names:
+        raise SamplerError(f"{family.model_id} trains {', '.join(family.names)}, not {name!r}")
+    dist = dist or DistInfo()
+    mask_fn = mask_fn or family.masks(config)
+    device = torch.device(options.device)
+    size = config.image_size
+    train_set, val_set = _as_dataset(train_set, "tensor"), _as_dataset(val_set, "tensor")
+    val = _check_data(train_set, val_set, config, options.val_images)
 
     torch.manual_seed(options.seed)
-    model = _build_model(config, options, device)
-    ema = EMA(model, lambda s: ema_warmup(s, config.ema_rate))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params, lr=config.lr, weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2)
-    )
-    modules = {"model": model, "ema": ema.module}
-    state = TrainState()
-    if options.resume:
-        try:
-            resumed = load_resume(options.out, trains=TRAINS, device=device)
-            resumed.restore(modules, {"adamw": opt})
-        except CheckpointError as exc:
-            raise SamplerError(f"--resume: {exc}") from exc
-        now = json.loads(json.dumps(to_dict(replace(config, steps=resumed.meta["config"]["steps"]))))
-        if resumed.meta.get("config") != now:
-            raise SamplerError(
-                f"--resume: {resumed.path} was trained with another config (only --steps may change)"
-            )
-        if why := resume_data_mismatch(resumed.meta.get("trained_on"), trained_on(train_set, size)):
-            raise SamplerError(why)
-        state = resumed.state
-        log(f"resumed from {resumed.path} at step {state.step}")
+    model = family.build_model(config, options).to(device)
+    decay = family.ema_decay(config)
+    ema = EMA(model, decay) if decay is not None else None
     net: torch.nn.Module = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, find_unused_parameters=True)
+    phases = family.phases(model, net, config, ema)
+    optimizers = {p.name: p.optimizer for p in phases}
+    if len(optimizers) != len(phases):
+        raise SamplerError(f"{family.model_id}: phase names must be unique, got {[p.name for p in phases]}")
+    modules = {"model": model} | ({"ema": ema.module} if ema is not None else {})
+    state = TrainState()
+    if options.resume:
+        try:
+            resumed = load_resume(options.out, trains=TRAINS, device=device)
+            resumed.restore(modules, optimizers)
+        except CheckpointError as exc:
+            raise SamplerError(f"--resume: {exc}") from exc
+        _check_resume(resumed, config, train_set)
+        state = resumed.state
+        log(f"resumed from {resumed.path} at step {state.step}")
 
     workers = default_workers() if options.workers is None else int(options.workers)
     loader = image_loader(
@@ -227,44 +202,51 @@ def train_sampler(
         workers=workers,
         pin_memory=device.type == "cuda",
     )
+    channels_last = torch.channels_last
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step = start
-        cl = torch.channels_last
         for batch in loader:
             x = batch["img"]
             m = mask_fn(len(x), size, step_generator(options.seed, dist.rank, step, MASK_STREAM))
-            yield x.to(device).contiguous(memory_format=cl), m.to(device).contiguous(memory_format=cl)
+            yield (
+                x.to(device).contiguous(memory_format=channels_last),
+                m.to(device).contiguous(memory_format=channels_last),
+            )
             step += 1
 
-    val_masks = mask_fn(len(val), size, torch.Generator().manual_seed(12345))
+    val_masks = mask_fn(len(val), size, torch.Generator().manual_seed(VAL_SEED))
     metrics: dict[str, float] = {}
     data = data_record(train_set, val_set)
     provenance = trained_on(train_set, size)
+    evaluated = lambda: ema.module if ema is not None else model  # noqa: E731
 
     def validate() -> dict[str, float]:
-        ema.module.eval()
+        module = evaluated()
+        was_training = module.training
+        module.eval()
         rng = torch.get_rng_state()
-        torch.manual_seed(options.seed + 12345)  # the same latent draws at every validation
-        out: dict[str, list[float]] = {}
+        torch.manual_seed(options.seed + VAL_SEED)  # the same random draws at every validation
+        sums: dict[str, float] = {}
         with torch.no_grad():
             for i in range(0, len(val), 64):
                 xv, mv = val[i : i + 64].to(device), val_masks[i : i + 64].to(device)
-                for k, v in ema.module.losses(xv, mv, config.objective).items():
-                    out.setdefault(k, []).append(float(v) * len(xv))
+                for k, v in family.validate(module, xv, mv).items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(xv)
         torch.set_rng_state(rng)
-        return {f"val_{k}": sum(v) / len(val) for k, v in out.items()}
+        module.train(was_training)
+        return {f"val_{k}": v / len(val) for k, v in sums.items()}
 
     def save(st: TrainState) -> None:
         if not dist.is_main:
             return
-        meta = sampler_meta(config, st, options, metrics, data=data, provenance=provenance)
-        save_checkpoint(options.out, ema.module.tensors(), meta)
+        meta = sampler_meta(family, name, config, st, options, metrics, data=data, provenance=provenance)
+        save_checkpoint(options.out, model_tensors(evaluated()), meta)
         save_resume(
             options.out,
             trains=TRAINS,
             modules=modules,
-            optimizers={"adamw": opt},
+            optimizers=optimizers,
             state=st,
             seed=options.seed,
             meta={"config": to_dict(config), "data": data, "trained_on": provenance},
@@ -275,21 +257,20 @@ def train_sampler(
             metrics.clear()
             metrics.update(validate())
             log(f"step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            rng = torch.get_rng_state()
+            torch.manual_seed(options.seed + VAL_SEED)
+            with torch.no_grad():
+                family.on_validate(
+                    evaluated(), val[:8].to(device), val_masks[:8].to(device), options.out, st.step
+                )
+            torch.set_rng_state(rng)
 
-    phase = Phase(
-        lambda b: net(b[0], b[1], config.objective),
-        opt,
-        schedule=lr_schedule(config),
-        grad_clip=config.grad_clip,
-        skip_threshold=config.skip_threshold,
-        ema=ema,
-    )
     model.train()
     t0 = time.perf_counter()
     stream = batches(state.step)
     try:
         state = train(
-            phase,
+            phases,
             stream,
             config.steps,
             state=state,
@@ -306,4 +287,19 @@ def train_sampler(
         metrics.update(validate())
     save(state)
     log(f"trained {state.step} steps in {time.perf_counter() - t0:.0f} s ({state.skipped} skipped updates)")
-    return ema.module, state, metrics
+    return evaluated(), state, metrics
+
+
+def train_sampler(
+    config: Any,
+    train_set: Any,
+    val_set: Any,
+    options: TrainOptions,
+    **kwargs: Any,
+) -> tuple[torch.nn.Module, TrainState, dict[str, float]]:
+    """Train an AIPO / AIPO-R sampler or its VAE (the name follows ``config.objective``)."""
+    from generative.aipo import FAMILY, SAMPLER_FOR_OBJECTIVE
+
+    return train_generative(
+        FAMILY, SAMPLER_FOR_OBJECTIVE[config.objective], config, train_set, val_set, options, **kwargs
+    )

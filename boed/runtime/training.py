@@ -29,7 +29,10 @@ A model with more than one optimiser (a GAN's discriminator and generator, say) 
 phases, e.g. ``[Phase(d_loss, opt_d, name="d"), Phase(g_loss, opt_g, name="g", ema=g_ema)]``: each
 phase does its own forward/backward/step in that order within a step (so the generator's loss sees
 the freshly updated discriminator), with its own schedule, clip and skip decision; its stats are
-logged with the prefix ``"d."`` / ``"g."``. Resume files (:mod:`boed.runtime.resume`) store any
+logged with the prefix ``"d."`` / ``"g."``. ``Phase(when=...)`` runs a phase only on the steps
+where ``when(step)`` is true, e.g. a WGAN-GP's generator every ``n_critic``-th step while the critic
+updates on every step (each step has its own batch, so each critic update sees fresh data); the
+step counter is shared by every rank, so all ranks agree. Resume files (:mod:`boed.runtime.resume`) store any
 number of optimisers by name.
 """
 
@@ -117,6 +120,8 @@ class Phase:
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
         skip_threshold: skip the update when the (pre-clip) gradient norm exceeds it.
         ema: updated after every applied update of this phase.
+        when: run this phase only on the steps ``s`` where ``when(s)`` is true (``None``: every
+            step).
     """
 
     loss_fn: Callable[[Any], dict[str, torch.Tensor]]
@@ -127,6 +132,7 @@ class Phase:
     grad_clip: float | None = None
     skip_threshold: float | None = None
     ema: EMA | None = None
+    when: Callable[[int], bool] | None = None
 
     def params(self) -> list[nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
@@ -237,6 +243,8 @@ def train(
         last: dict[str, float] = {}
         any_skipped = False
         for phase in phases:
+            if phase.when is not None and not phase.when(state.step):
+                continue
             stats, grad_norm, skipped = _run_phase(phase, batch, state.step)
             any_skipped |= skipped
             state.skipped += int(skipped)

@@ -12,7 +12,7 @@ from boed.runtime.checkpoints import checkpoint_paths, save_checkpoint, sha256_f
 from generative.aipo import AIPO
 from generative.config import get_config
 
-# objective -> the sampler kind the trainer records (generative.training.SAMPLER_FOR_OBJECTIVE)
+# objective -> the sampler kind the trainer records (generative.aipo.SAMPLER_FOR_OBJECTIVE)
 KIND = {"vae": "vae", "aipo": "aipo", "vae+aipo": "aipo", "aipo-r": "aipo-r", "vae+aipo-r": "aipo-r"}
 
 

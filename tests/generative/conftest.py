@@ -32,12 +32,13 @@ def fake_masks(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from boed.runtime.checkpoints import save_checkpoint
     from boed.runtime.training import TrainState
+    from generative.aipo import FAMILY
     from generative.training import TrainOptions, sampler_meta
 
     model = tiny_model()
     path = tmp_path_factory.mktemp("aipo") / "tiny-aipo"
     options = TrainOptions(out=path)
-    meta = sampler_meta(model.config, TrainState(), options, {}, data={"source": "random"})
+    meta = sampler_meta(FAMILY, "aipo", model.config, TrainState(), options, {}, data={"source": "random"})
     save_checkpoint(path, model.tensors(), meta)
     return path
 

@@ -97,4 +97,4 @@ def test_changed_weights_without_a_new_digest_are_refused(tiny):
 
 def test_not_an_aipo_checkpoint(tiny):
     edit_json(tiny, lambda meta: meta.update(model="pixelcnn"))
-    assert "not an AIPO" in _error(tiny)
+    assert "not a checkpoint of the AIPO" in _error(tiny)
