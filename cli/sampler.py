@@ -23,37 +23,83 @@ from cli.common import (
     user_errors,
 )
 
-SAMPLER_CHOICES = ("aipo", "aipo-r", "vae")
+AIPO_ONLY = ("--pretrained-vae", "--init-from-encoder", "--objective")
 
 
-def _objective(sampler: str, pretrained: bool, objective: str | None) -> str:
-    if objective:
-        return objective
-    if sampler == "vae":
-        return "vae"
-    # from scratch: the ELBO and the AIPO(-R) objective together (§3.2: all maximised jointly)
-    return sampler if pretrained else f"vae+{sampler}"
+def parse_settings(settings: list[str] | None) -> dict[str, object]:
+    """``--set KEY=VALUE`` pairs as a dict; VALUE is read as JSON (numbers, true/false, lists), else text."""
+    out: dict[str, object] = {}
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--set {item!r}: expected KEY=VALUE (a field of the sampler's config)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def training_config(
+    family, name: str, preset: str, changes: dict, settings: dict, pretrained: bool, objective
+):
+    """The config ``name`` trains with: the family's preset, then the options, then ``--set``.
+
+    Options the family's config has no field for are one clear error naming the option.
+    """
+    import dataclasses
+
+    from boed.config import ConfigError, from_dict, to_dict
+
+    config = family.config(preset)
+    if family.model_id == "aipo-hvae":
+        config = family.for_name(config, name, pretrained)
+        if objective:
+            from generative.config import OBJECTIVES
+
+            if objective not in OBJECTIVES:
+                raise fail(f"--objective {objective!r}: valid: {', '.join(OBJECTIVES)}")
+            changes = changes | {"objective": objective}
+    else:
+        config = family.for_name(config, name)
+    fields = {f.name for f in dataclasses.fields(config)}
+    for key, value in changes.items():
+        if value is not None and key not in fields:
+            raise fail(f"--{key.replace('_', '-')}: sampler {name!r} has no such setting")
+    merged = to_dict(config) | {k: v for k, v in changes.items() if v is not None}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise fail(
+            f"--set {unknown[0]}: not a field of {name!r}'s config; fields: {', '.join(sorted(fields))}"
+        )
+    try:
+        return from_dict(type(config), merged | settings)
+    except ConfigError as exc:
+        raise fail(f"--set: {exc}") from None
 
 
 def train_sampler_command(
     sampler: str = typer.Option(
-        "aipo", "--sampler", help="aipo | aipo-r | vae (the unconditional VAE alone)."
+        "aipo", "--sampler", help="Sampler to train (see `boed samplers`); e.g. aipo, aipo-r, vae."
     ),
     images: str = typer.Option("chestxray", "--images", help="Image source (datasets.open_dataset)."),
-    preset: str = typer.Option("cpu", "--preset", help="tiny | cpu | paper."),
+    preset: str = typer.Option("cpu", "--preset", help="tiny | cpu | paper (where the sampler has it)."),
     out: Path = typer.Option(
         ..., "--out", help="Checkpoint to write (stem or .safetensors); OUT.train.* holds the resume state."
     ),
+    settings: list[str] | None = typer.Option(
+        None, "--set", help="KEY=VALUE: set a field of the sampler's config (repeatable)."
+    ),
     pretrained_vae: Path | None = typer.Option(
-        None, "--pretrained-vae", help="Train only the partial encoder on this VAE (§3.2)."
+        None, "--pretrained-vae", help="AIPO: train only the partial encoder on this VAE (§3.2)."
     ),
     init_from_encoder: bool | None = typer.Option(
         None,
         "--init-from-encoder/--no-init-from-encoder",
-        help="Initialise the partial encoder from the full encoder (default: only for aipo-r).",
+        help="AIPO: initialise the partial encoder from the full encoder (default: only for aipo-r).",
     ),
     objective: str | None = typer.Option(
-        None, "--objective", help="Override: vae | aipo | aipo-r | vae+aipo | vae+aipo-r."
+        None, "--objective", help="AIPO override: vae | aipo | aipo-r | vae+aipo | vae+aipo-r."
     ),
     steps: int | None = typer.Option(None, "--steps"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
@@ -81,32 +127,46 @@ def train_sampler_command(
     skip_bad: bool = SKIP_BAD_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of a progress bar."),
 ) -> None:
-    """Train an AIPO / AIPO-R sampler (or its unconditional VAE); works under torchrun."""
+    """Train any trainable sampler with the shared trainer; works under torchrun."""
     import torch
 
     from boed.runtime.devices import init_distributed, resolve_device, shutdown_distributed
-    from generative.config import get_config
-    from generative.training import TrainOptions, train_sampler
+    from generative.registry import get_family, trainable
+    from generative.training import TrainOptions, train_generative
 
     with user_errors():
-        if sampler not in SAMPLER_CHOICES:
-            raise fail(f"--sampler {sampler!r}: valid: {', '.join(SAMPLER_CHOICES)}")
+        if sampler not in trainable():
+            raise fail(f"--sampler {sampler!r}: trainable samplers: {', '.join(trainable())}")
+        family = get_family(sampler)
+        if family.model_id != "aipo-hvae":
+            given = [
+                flag
+                for flag, value in zip(AIPO_ONLY, (pretrained_vae, init_from_encoder, objective), strict=True)
+                if value is not None
+            ]
+            if given:
+                raise fail(f"{given[0]}: an AIPO option; sampler {sampler!r} does not take it")
+        config = training_config(
+            family,
+            sampler,
+            preset,
+            {
+                "steps": steps,
+                "batch_size": batch_size,
+                "lr": lr,
+                "skip_threshold": skip_threshold,
+                "grad_clip": grad_clip,
+            },
+            parse_settings(settings),
+            pretrained_vae is not None,
+            objective,
+        )
         if threads:
             torch.set_num_threads(threads)
         dev = resolve_device(device)
         dist = init_distributed(dev)
         if dev.type == "cuda" and dist.enabled:
             dev = torch.device("cuda", dist.local_rank)
-        obj = _objective(sampler, pretrained_vae is not None, objective)
-        config = get_config(
-            preset,
-            objective=obj,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            skip_threshold=skip_threshold,
-            grad_clip=grad_clip,
-        )
         from datasets import open_dataset
 
         data_options = dataset_options(
@@ -150,10 +210,11 @@ def train_sampler_command(
         show = dist.is_main
         log = (lambda msg: console.print(msg, highlight=False)) if show else (lambda msg: None)
         if show:
+            what = f"{sampler} ({config.objective})" if family.model_id == "aipo-hvae" else sampler
             log(
-                f"training {sampler} ({obj}) preset {preset}: {len(train_ds)} images, "
-                f"{config.steps} steps of {config.batch_size}, lr {config.lr}, device {dev}, "
-                f"world {dist.world_size}"
+                f"training {what} preset {preset}: {len(train_ds)} images, "
+                f"{config.steps} steps of {config.batch_size}, lr {getattr(config, 'lr', '-')}, "
+                f"device {dev}, world {dist.world_size}"
             )
         callbacks = []
         progress = None
@@ -171,7 +232,7 @@ def train_sampler_command(
             task = progress.add_task("train", total=config.steps)
 
             def show_progress(state, stats):
-                keys = ("loss", "elbo_bpd", "cond_bpd", "rev_bpd", "kl_bpd", "kl_partial_bpd")
+                keys = _progress_keys(family, stats)
                 text = " ".join(f"{k.replace('_bpd', '')} {stats[k]:.3f}" for k in keys if k in stats)
                 progress.update(
                     task,
@@ -184,15 +245,7 @@ def train_sampler_command(
 
             def log_lines(state, stats):
                 if state.step % 50 == 0:
-                    keys = (
-                        "loss",
-                        "elbo_bpd",
-                        "cond_bpd",
-                        "rev_bpd",
-                        "kl_bpd",
-                        "kl_partial_bpd",
-                        "grad_norm",
-                    )
+                    keys = (*_progress_keys(family, stats), "grad_norm")
                     text = " ".join(f"{k} {stats[k]:.4f}" for k in keys if k in stats)
                     log(
                         f"step {state.step} {text} skipped {state.skipped} "
@@ -203,8 +256,8 @@ def train_sampler_command(
         try:
             if progress is not None:
                 progress.start()
-            _, state, metrics = train_sampler(
-                config, train_ds, val_ds, options, dist=dist, log=log, callbacks=callbacks
+            _, state, metrics = train_generative(
+                family, sampler, config, train_ds, val_ds, options, dist=dist, log=log, callbacks=callbacks
             )
         finally:
             if progress is not None:
@@ -213,6 +266,11 @@ def train_sampler_command(
         if show:
             log(f"wrote {out} ({state.step} steps, {state.skipped} skipped, {state.seconds:.0f} s)")
             log(json.dumps(metrics, indent=1))
+
+
+def _progress_keys(family, stats: dict) -> tuple[str, ...]:
+    """The family's progress stats present in ``stats`` (a multi-phase family logs ``phase.key``)."""
+    return tuple(k for k in family.progress_keys if k in stats)
 
 
 def evaluate_sampler_command(
@@ -404,7 +462,28 @@ def _print_table(result: dict) -> None:
         console.print(f"note: {note}")
 
 
+def samplers_command() -> None:
+    """List the registered samplers: how each is built, whether it trains, what ships."""
+    from rich.table import Table
+
+    from boed.runtime.checkpoints import checkpoint_paths
+    from generative.registry import SPECS, WEIGHTS
+
+    table = Table("sampler", "trains", "completions", "shipped (cpu)", "what it is")
+    for name, spec in SPECS.items():
+        shipped = spec.shipped and checkpoint_paths(WEIGHTS / f"{spec.shipped}-cpu")[1].is_file()
+        table.add_row(
+            name,
+            "yes" if spec.family else ("builds a file" if spec.artifact else "no"),
+            "identical (point estimate)" if spec.deterministic else "random",
+            "yes" if shipped else "-",
+            spec.summary,
+        )
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``boed`` app."""
+    app.command("samplers")(samplers_command)
     app.command("train-sampler")(train_sampler_command)
     app.command("evaluate-sampler")(evaluate_sampler_command)

@@ -201,3 +201,55 @@ def test_kind_mismatch_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["evaluate-sampler", str(path), "--no-classifier"])
     assert result.exit_code == 2
     assert "'aipo-r' sampler checkpoint, requested as 'aipo'" in result.stderr
+
+
+def _train_args(out, *extra):
+    return [
+        "train-sampler",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--n-train",
+        "4",
+        "--n-val",
+        "2",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_set_changes_a_config_field(tmp_path):
+    out = tmp_path / "narrow"
+    result = runner.invoke(app, _train_args(out, "--set", "width=4", "--set", "ema_rate=0.5"))
+    assert result.exit_code == 0, result.output + result.stderr
+    config = json.loads((tmp_path / "narrow.json").read_text())["config"]
+    assert config["width"] == 4 and config["ema_rate"] == 0.5
+
+
+def test_set_rejects_unknown_fields_and_wrong_types(tmp_path):
+    result = runner.invoke(app, _train_args(tmp_path / "a", "--set", "wdth=4"))
+    assert result.exit_code == 2 and "--set wdth: not a field" in result.stderr
+    result = runner.invoke(app, _train_args(tmp_path / "b", "--set", "width=wide"))
+    assert result.exit_code == 2 and "width" in result.stderr and "expected int" in result.stderr
+    result = runner.invoke(app, _train_args(tmp_path / "c", "--set", "width"))
+    assert result.exit_code == 2 and "KEY=VALUE" in result.stderr
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_unknown_sampler_lists_the_trainable_ones(tmp_path):
+    result = runner.invoke(app, _train_args(tmp_path / "x", "--sampler", "pixelcnn-typo"))
+    assert result.exit_code == 2 and "trainable samplers: aipo, aipo-r, vae" in result.stderr
+
+
+def test_samplers_command_lists_the_registry():
+    from generative.registry import SAMPLERS
+
+    result = runner.invoke(app, ["samplers"])
+    assert result.exit_code == 0, result.output
+    for name in SAMPLERS:
+        assert name in result.stdout
