@@ -351,3 +351,216 @@ def expected_information_gain_loop(
             probs = classifier.predict(images[i : i + 1] * m_c, m_c)
             ig[i, c] = h_now - target_entropy(probs, tgt)[0]
     return EIG((weights[:, None] * ig).sum(0), ig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same estimator over B images at once (the batched scan environment, the controller), with
+# its Monte Carlo standard error, and conditional on scans already chosen (k scans per step).
+
+
+class BatchEIG(NamedTuple):
+    """Result of :func:`expected_information_gain_batch` for ``B`` images.
+
+    Attributes:
+        eig: ``(B, K)`` float64 expected information gain per image and candidate.
+        ig: ``B`` tensors ``(N_b, K)`` float64: information gain per completion and candidate
+            (a list: samplers that return every consistent state give each image its own N).
+        stderr: ``(B, K)`` float64 Monte Carlo standard error of ``eig``
+            (:func:`eig_standard_error`).
+    """
+
+    eig: torch.Tensor
+    ig: list[torch.Tensor]
+    stderr: torch.Tensor
+
+
+def eig_standard_error(ig: torch.Tensor, log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Monte Carlo standard error of the EIG estimate ``sum_n w_n IG_n(c)`` from ``ig`` ``(N, K)``.
+
+    - equal weights (``log_weights`` None): ``s / sqrt(N)`` with ``s`` the sample standard
+      deviation (``N - 1`` in the denominator) of ``IG_1..IG_N``;
+    - importance weights ``w = softmax(log_weights)``: the delta-method estimate of a
+      self-normalised importance sampling mean, ``sqrt(sum_n w_n^2 (IG_n - EIG)^2)``
+      (Owen, "Monte Carlo theory, methods and examples", 2013, ch. 9, self-normalised
+      importance sampling).
+
+    It measures only the spread of the N completions (not the sampler's or the classifier's
+    bias). With a single completion (N = 1) it is unknown: NaN. Returns ``(K,)`` float64.
+    """
+    ig = ig.double()
+    n = ig.shape[0]
+    if log_weights is None:
+        if n < 2:
+            return torch.full(ig.shape[1:], torch.nan, dtype=torch.float64, device=ig.device)
+        return ig.std(dim=0, correction=1) / n**0.5
+    w = normalised_weights(log_weights, n, ig.device)
+    eig = (w[:, None] * ig).sum(0)
+    return ((w[:, None] ** 2) * (ig - eig) ** 2).sum(0).sqrt()
+
+
+def _per_image(completions, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images ``(N_b, 1, H, W)`` and log-weights ``(N_b,)`` | None of image ``b``."""
+    if isinstance(completions, (list, tuple)) and not hasattr(completions, "images"):
+        item = completions[b]
+        images = item.images if hasattr(item, "images") else item
+        lw = getattr(item, "log_weights", None)
+        if images.dim() == 5:
+            images = images[:, 0]
+        return images, None if lw is None else lw.reshape(-1)
+    images = completions.images if hasattr(completions, "images") else completions
+    lw = getattr(completions, "log_weights", None)
+    return images[:, b], None if lw is None else lw[:, b]
+
+
+def expected_information_gain_batch(
+    classifier: Classifier,
+    observed: torch.Tensor,
+    mask: torch.Tensor,
+    completions: Completions | Sequence[Completions] | torch.Tensor,
+    candidates: CandidateGrid | torch.Tensor,
+    target: str | Target = "any",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    current_probs: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
+) -> BatchEIG:
+    """EIG (Eq. 17) of every candidate for ``B`` images at once, classifier calls batched across them.
+
+    For image ``b`` and candidate ``c`` the view is ``m_bc = m_b OR given_b OR patch(c)``:
+
+        EIG_b(c) = H[g(v | x_b * m_b, m_b)] - sum_n w_bn H[g(v | I_bn * m_bc, m_bc)]
+
+    With ``given`` (scans already chosen in this step but not yet observed) this is the EIG of
+    observing the chosen scans *and* ``c``, each completion revealing the chosen patches too: the
+    joint information of the set, which greedy k-scans-per-step maximises one location at a time.
+    A candidate whose view adds nothing to ``m_b`` gets exactly 0 without a classifier call.
+
+    The (image, candidate, completion) triples of all B images are flattened (image-major, then
+    candidate-major, as :func:`expected_information_gain` orders one image) and sent to the
+    classifier in chunks bounded by ``memory_budget``, so for B = 1 this returns exactly what
+    :func:`expected_information_gain` returns.
+
+    Args:
+        observed, mask: ``(B, 1, H, W)``.
+        completions: a :class:`~boed.protocols.Completions` with images ``(N, B, 1, H, W)`` and
+            log-weights ``(N, B)`` | None, or a list of B ``Completions`` for one image each
+            (images ``(N_b, 1, 1, H, W)``; each image may have its own N).
+        candidates: a :class:`~boed.scanner.CandidateGrid` or patch masks ``(K, 1, H, W)``.
+        target: ``"any"``, ``"all"``, a label name or a resolved :class:`Target`.
+        memory_budget: bytes of classifier input built per chunk.
+        current_probs: ``g(v | x_b * m_b, m_b)`` ``(B, L)`` if known (saves one batched call).
+        given: ``(B, 1, H, W)`` masks of scans chosen earlier in the step, or None.
+
+    Returns:
+        :class:`BatchEIG` ``(eig (B, K), ig [B x (N_b, K)], stderr (B, K))``.
+    """
+    if observed.dim() != 4 or observed.shape[1] != 1 or mask.shape != observed.shape:
+        raise BoedError(
+            f"observed and mask must be (B, 1, H, W), got {tuple(observed.shape)}, {tuple(mask.shape)}"
+        )
+    b_count = observed.shape[0]
+    device = observed.device
+    per_image = [_per_image(completions, b) for b in range(b_count)]
+    for images, _ in per_image:
+        if images.dim() != 4 or images.shape[1:] != observed.shape[1:]:
+            raise BoedError(
+                f"completions {tuple(images.shape)} do not match the observation {tuple(observed.shape)}"
+            )
+        check_finite(images, "the sampler returned non-finite completions")
+    weights = [normalised_weights(lw, images.shape[0], device) for images, lw in per_image]
+    cand = _candidate_masks(candidates).to(device)  # (K, 1, H, W)
+    if cand.dim() != 4 or cand.shape[1:] != observed.shape[1:]:
+        raise BoedError(f"candidate masks {tuple(cand.shape)} do not match the image {tuple(observed.shape)}")
+    tgt = resolve_target(target, list(classifier.labels))
+    if current_probs is None:
+        current_probs = classifier.predict(observed, mask)
+    check_finite(current_probs, "the classifier returned non-finite probabilities on the observation")
+    h_now = target_entropy(current_probs.reshape(b_count, -1), tgt)  # (B,)
+
+    k = cand.shape[0]
+    seen = mask > 0.5
+    base = seen if given is None else seen | (given.to(device) > 0.5)
+    all_masks, mask_rows, image_rows, layout = [], [], [], []
+    n_masks = n_images = 0
+    for b, (images, _) in enumerate(per_image):
+        new_masks = base[b : b + 1] | (cand > 0.5)  # (K, 1, H, W)
+        reveals = (new_masks & ~seen[b : b + 1]).flatten(1).any(1)
+        active = reveals.nonzero().squeeze(1)
+        n = images.shape[0]
+        inverse = None
+        if active.numel():
+            first, inverse = _unique_rows(new_masks[active].flatten(1))
+            unique = new_masks[active][first].float()  # (U, 1, H, W)
+            u = unique.shape[0]
+            pairs = torch.arange(u * n, device=device)
+            mask_rows.append(n_masks + pairs // n)
+            image_rows.append(n_images + pairs % n)
+            all_masks.append(unique)
+            n_masks += u
+        layout.append((active, inverse, n_images, n))
+        n_images += n
+    stacked = torch.cat([images for images, _ in per_image])  # (sum N_b, 1, H, W)
+    h_after = torch.empty(0, dtype=torch.float64, device=device)
+    if all_masks:
+        h_after = _map_pairs(
+            classifier,
+            stacked,
+            torch.cat(all_masks),
+            torch.cat(mask_rows),
+            torch.cat(image_rows),
+            lambda probs: target_entropy(probs, tgt),
+            memory_budget,
+        )
+    eig = torch.zeros(b_count, k, dtype=torch.float64, device=device)
+    stderr = torch.zeros(b_count, k, dtype=torch.float64, device=device)
+    igs, offset = [], 0
+    for b, (active, inverse, _, n) in enumerate(layout):
+        ig = torch.zeros(n, k, dtype=torch.float64, device=device)
+        if inverse is not None:
+            u = int(inverse.max()) + 1
+            block = h_after[offset : offset + u * n].reshape(u, n).T  # (N, U)
+            offset += u * n
+            ig[:, active] = h_now[b] - block[:, inverse]
+        eig[b] = check_finite((weights[b][:, None] * ig).sum(0), "the EIG map is not finite")
+        stderr[b] = eig_standard_error(ig, per_image[b][1])
+        igs.append(ig)
+    return BatchEIG(eig, igs, stderr)
+
+
+def _map_pairs(
+    classifier: Classifier,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    mask_rows: torch.Tensor,
+    image_rows: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int,
+) -> torch.Tensor:
+    """``reduce(g(v | images[i_p] * masks[m_p], masks[m_p]))`` for every pair ``p``: ``(P,)`` float64,
+    in chunks whose inputs take at most ``memory_budget`` bytes (as :func:`map_predictions`)."""
+    total = int(mask_rows.numel())
+    per_pair = 2 * images[0].numel() * images.element_size()
+    chunk = max(1, int(memory_budget) // per_pair)
+    out = torch.empty(total, dtype=torch.float64, device=images.device)
+    for start in range(0, total, chunk):
+        idx = slice(start, min(start + chunk, total))
+        m = masks[mask_rows[idx]]
+        out[idx] = reduce(predict_checked(classifier, images[image_rows[idx]] * m, m)).double()
+    return out
+
+
+def map_views(
+    classifier: Classifier,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    owner: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
+    """``reduce(g(v | images[owner_r] * masks_r, masks_r))`` for every view ``r``: ``(R,)`` float64.
+
+    ``images`` ``(B, 1, H, W)``, ``masks`` ``(R, 1, H, W)``, ``owner`` ``(R,)`` the image of each
+    view: the views of B images (e.g. every candidate of every episode on its true image, for the
+    greedy oracles) in one chunked stream of classifier calls.
+    """
+    rows = torch.arange(masks.shape[0], device=masks.device)
+    return _map_pairs(classifier, images, masks, rows, owner.to(masks.device), reduce, memory_budget)

@@ -26,16 +26,25 @@ The full-image reference (the classifier on the whole image) is not a policy: ``
 records it as the session policy :data:`FULL_IMAGE` with a single step.
 
 Every policy skips candidates that reveal nothing new, as long as any candidate does.
+
+One interface over a batch: every policy implements ``choose_batch(state: BatchState) -> (B,)``
+for the ``B`` parallel episodes of the scan environment (``boed.acquisition.ScanEnv``): BOED takes
+the row-wise argmax, the oracles score the candidate views of all B true images in one chunked
+stream of classifier calls, random and raster go episode by episode (each with its own
+generator, so an episode chooses the same whatever else is in the batch). ``choose(state)`` on
+one :class:`DecisionState` is the same decision for a batch of one. :func:`choose_batch` also
+serves a policy that implements only ``choose`` (one episode at a time).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from boed.eig import DEFAULT_MEMORY_BUDGET, Target, entropies_after, map_predictions, target_cross_entropy
+from boed.eig import _EPS, DEFAULT_MEMORY_BUDGET, Target, map_views, target_entropy
 from boed.errors import BoedError
 
 if TYPE_CHECKING:
@@ -115,6 +124,128 @@ class DecisionState:
         return reveals if reveals.any() else torch.ones_like(reveals)
 
 
+@dataclass
+class BatchState:
+    """What a policy may look at when choosing the next scan of ``B`` episodes at once.
+
+    Attributes:
+        step: the number of the scan being chosen (1 = the first); the same for every episode.
+        observed, mask: ``(B, 1, H, W)`` current observations and masks. For the j-th scan of a
+            step of k (``--scans-per-step``), ``mask`` also covers the j - 1 scans chosen
+            before it in the step (not observed yet: ``observed`` is the view before the step).
+        candidates: the candidate grid (shared).
+        scanned: per episode, the candidate indices already scanned.
+        generators: per episode, its random generator (or None).
+        eig: ``(B, K)`` EIG maps when the policy ``needs_eig`` (for the j-th scan of a step: the
+            EIG of the earlier choices and each candidate together), else None.
+        truth: per episode, its hidden image and labels when the policy ``needs_truth``, else
+            None; read them through :attr:`images` and :meth:`labels`.
+        classifier, target, memory_budget: for policies that query the classifier (the oracles).
+    """
+
+    step: int
+    observed: torch.Tensor
+    mask: torch.Tensor
+    candidates: CandidateGrid
+    scanned: list[list[int]]
+    generators: list[torch.Generator | None]
+    eig: torch.Tensor | None = None
+    truth: list[Truth] | None = None
+    classifier: Classifier | None = None
+    target: Target | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+    @classmethod
+    def of(cls, states: Sequence[DecisionState]) -> BatchState:
+        """A batch of one-episode states (same step, candidates and classifier)."""
+        first = states[0]
+        truths = [s.truth for s in states]
+        return cls(
+            step=first.step,
+            observed=torch.cat([s.observed for s in states]),
+            mask=torch.cat([s.mask for s in states]),
+            candidates=first.candidates,
+            scanned=[list(s.scanned) for s in states],
+            generators=[s.generator for s in states],
+            eig=None if first.eig is None else torch.stack([s.eig for s in states]),
+            truth=None if any(t is None for t in truths) else truths,
+            classifier=first.classifier,
+            target=first.target,
+            memory_budget=first.memory_budget,
+        )
+
+    def episode(self, b: int) -> DecisionState:
+        """The :class:`DecisionState` of episode ``b`` alone."""
+        return DecisionState(
+            step=self.step,
+            observed=self.observed[b : b + 1],
+            mask=self.mask[b : b + 1],
+            candidates=self.candidates,
+            scanned=list(self.scanned[b]),
+            generator=self.generators[b],
+            eig=None if self.eig is None else self.eig[b],
+            truth=None if self.truth is None else self.truth[b],
+            classifier=self.classifier,
+            target=self.target,
+            memory_budget=self.memory_budget,
+        )
+
+    def _truths(self, what: str) -> list[Truth]:
+        if self.truth is None:
+            raise BoedError(f"the {what} is hidden: only a policy that declares needs_truth receives it")
+        return self.truth
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The hidden images ``(B, 1, H, W)`` (policies with ``needs_truth`` only)."""
+        return torch.cat([t.image for t in self._truths("hidden image")])
+
+    def labels(self, b: int) -> torch.Tensor:
+        """The true labels ``(L,)`` of episode ``b`` (policies with ``needs_truth`` only)."""
+        return self.episode(b).labels if self.truth is not None else self._truths("true labels")[0].labels
+
+    def new_pixels(self) -> torch.Tensor:
+        """``(B, K)`` number of unseen pixels each candidate would reveal in each episode."""
+        unseen = (self.mask <= 0.5).to(self.candidates.masks)  # (B, 1, H, W)
+        cand = self.candidates.masks.to(unseen.device)  # (K, 1, H, W)
+        return torch.einsum("bchw,kchw->bk", unseen, cand)
+
+    def revealing(self) -> torch.Tensor:
+        """``(B, K)`` bool: candidates revealing something new (a row of all True where none does)."""
+        reveals = self.new_pixels() > 0
+        return reveals | ~reveals.any(1, keepdim=True)
+
+    def candidate_views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The revealing candidates of every episode as views for :func:`~boed.eig.map_views`:
+        ``(masks (R, 1, H, W) = m_b OR patch(c), owner (R,) = b, candidate (R,) = c)``."""
+        owner, cand = self.revealing().nonzero(as_tuple=True)
+        owner, cand = owner.to(self.mask.device), cand.to(self.mask.device)
+        masks = torch.maximum(self.mask[owner], self.candidates.masks.to(self.mask)[cand])
+        return masks, owner, cand
+
+
+def _argmin_per_episode(
+    values: torch.Tensor, owner: torch.Tensor, cand: torch.Tensor, b_count: int
+) -> torch.Tensor:
+    """For each episode, the candidate of its smallest value (the first on ties): ``(B,)`` long."""
+    out = torch.empty(b_count, dtype=torch.long)
+    for b in range(b_count):
+        rows = (owner == b).nonzero().squeeze(1)
+        out[b] = int(cand[rows[torch.argmin(values[rows])]])
+    return out
+
+
+def choose_batch(policy: Policy, state: BatchState) -> torch.Tensor:
+    """``policy``'s choice for every episode of ``state``: ``(B,)`` long; a policy without a
+    ``choose_batch`` of its own is asked one episode at a time."""
+    if hasattr(policy, "choose_batch"):
+        return torch.as_tensor(policy.choose_batch(state), dtype=torch.long).reshape(len(state))
+    return torch.tensor([int(policy.choose(state.episode(b))) for b in range(len(state))], dtype=torch.long)
+
+
 class BoedPolicy:
     """Scan where the expected information gain is largest (lowest index on ties)."""
 
@@ -123,10 +254,13 @@ class BoedPolicy:
     needs_truth = False
 
     def choose(self, state: DecisionState) -> int:
+        return int(self.choose_batch(BatchState.of([state]))[0])
+
+    def choose_batch(self, state: BatchState) -> torch.Tensor:
         if state.eig is None:
             raise BoedError("the boed policy needs the EIG map")
         eig = state.eig.double().masked_fill(~state.revealing().to(state.eig.device), -torch.inf)
-        return int(torch.argmax(eig))
+        return torch.argmax(eig, dim=1).cpu()  # the first maximum of each row
 
 
 class RandomPolicy:
@@ -141,6 +275,10 @@ class RandomPolicy:
         device = state.generator.device if state.generator is not None else "cpu"
         pick = torch.randint(len(choices), (1,), generator=state.generator, device=device)
         return int(choices[int(pick)])
+
+    def choose_batch(self, state: BatchState) -> torch.Tensor:
+        # episode by episode: each draws from its own generator, whatever else is in the batch
+        return torch.tensor([self.choose(state.episode(b)) for b in range(len(state))], dtype=torch.long)
 
 
 class RasterPolicy:
@@ -158,6 +296,9 @@ class RasterPolicy:
             return int(untouched.nonzero()[0, 0])
         return int(torch.argmax(new))  # first of the maxima
 
+    def choose_batch(self, state: BatchState) -> torch.Tensor:
+        return torch.tensor([self.choose(state.episode(b)) for b in range(len(state))], dtype=torch.long)
+
 
 class EntropyOraclePolicy:
     """Greedy one-step on the true image: ``argmin_c H[g(v | x * m_c, m_c)]`` (bounds the criterion)."""
@@ -167,12 +308,22 @@ class EntropyOraclePolicy:
     needs_truth = True
 
     def choose(self, state: DecisionState) -> int:
+        return int(self.choose_batch(BatchState.of([state]))[0])
+
+    def choose_batch(self, state: BatchState) -> torch.Tensor:
         if state.classifier is None or state.target is None:
             raise BoedError("the oracle-entropy policy needs the classifier and the target")
-        active = state.revealing().nonzero().squeeze(1).to(state.mask.device)
-        masks = torch.maximum(state.mask, state.candidates.masks.to(state.mask)[active])
-        entropy = entropies_after(state.classifier, state.image, masks, state.target, state.memory_budget)[0]
-        return int(active[torch.argmin(entropy)])
+        target = state.target
+        masks, owner, cand = state.candidate_views()
+        entropy = map_views(
+            state.classifier,
+            state.images,
+            masks,
+            owner,
+            lambda p: target_entropy(p, target),
+            state.memory_budget,
+        )
+        return _argmin_per_episode(entropy, owner.cpu(), cand.cpu(), len(state))
 
 
 class OraclePolicy:
@@ -183,27 +334,61 @@ class OraclePolicy:
     needs_truth = True
 
     def choose(self, state: DecisionState) -> int:
+        return int(self.choose_batch(BatchState.of([state]))[0])
+
+    def choose_batch(self, state: BatchState) -> torch.Tensor:
         if state.classifier is None or state.target is None:
             raise BoedError("the oracle policy needs the classifier and the target")
-        target, truth = state.target, state.labels
-        known = truth.reshape(-1)[list(target.indices)]
-        if bool(torch.isnan(known).any()):
-            # with unknown labels every candidate scores 0 and the argmin is candidate 0: a raster
-            # scan reported as an upper bound; refuse instead
-            raise BoedError(
-                f"the oracle policy needs the true {target.title} label(s), "
-                f"unknown (NaN) for this image; leave the oracle out or use labelled images"
+        target = state.target
+        truths = [state.labels(b).reshape(-1) for b in range(len(state))]
+        for truth in truths:
+            if bool(torch.isnan(truth[list(target.indices)]).any()):
+                # with unknown labels every candidate scores 0 and the argmin is candidate 0: a
+                # raster scan reported as an upper bound; refuse instead
+                raise BoedError(
+                    f"the oracle policy needs the true {target.title} label(s), "
+                    f"unknown (NaN) for this image; leave the oracle out or use labelled images"
+                )
+        masks, owner, cand = state.candidate_views()
+        truth_rows = torch.stack(truths).double().to(masks.device)[owner]  # (R, L)
+
+        return _argmin_per_episode(
+            _map_rows(state, masks, owner, truth_rows, target), owner.cpu(), cand.cpu(), len(state)
+        )
+
+
+def _map_rows(state: BatchState, masks, owner, truth_rows, target: Target) -> torch.Tensor:
+    """``CE(y_b, g(v | x_b * m_r, m_r))`` for every view ``r`` of episode ``owner_r``: ``(R,)``,
+    in chunks of views (each chunk's truths are those of its views' episodes)."""
+    per_view = 2 * state.mask[0].numel() * state.mask.element_size()
+    chunk = max(1, int(state.memory_budget) // per_view)
+    out = []
+    images = state.images
+    for start in range(0, masks.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        truth = truth_rows[rows]
+        out.append(
+            map_views(
+                state.classifier,
+                images,
+                masks[rows],
+                owner[rows],
+                lambda p, truth=truth: _cross_entropy_rows(p, truth, target),
+                state.memory_budget,
             )
-        active = state.revealing().nonzero().squeeze(1).to(state.mask.device)
-        masks = torch.maximum(state.mask, state.candidates.masks.to(state.mask)[active])
-        loss = map_predictions(
-            state.classifier,
-            state.image,
-            masks,
-            lambda p: target_cross_entropy(p, truth, target),
-            state.memory_budget,
-        )[0]
-        return int(active[torch.argmin(loss)])
+        )
+    return torch.cat(out)
+
+
+def _cross_entropy_rows(probs: torch.Tensor, truth: torch.Tensor, target: Target) -> torch.Tensor:
+    """:func:`~boed.eig.target_cross_entropy` with one row of true labels ``(R, L)`` per row of
+    ``probs`` ``(R, L)``: ``(R,)`` float64 (the same elementwise terms, so the same values)."""
+    idx = list(target.indices)
+    p = probs[..., idx].double().clamp(_EPS, 1 - _EPS)
+    y = truth[:, idx].double().to(p.device)
+    known = ~torch.isnan(y)
+    y = torch.nan_to_num(y)
+    return (-(y * p.log() + (1 - y) * (1 - p).log()) * known).sum(-1)
 
 
 POLICIES: dict[str, type] = {

@@ -64,6 +64,13 @@ class CandidateGrid:
         row, col = self.locations[index].tolist()
         return int(row), int(col)
 
+    def index_of(self, location: tuple[int, int]) -> int | None:
+        """The index of the candidate at ``(row, col)``, or None when no candidate is there."""
+        hits = (
+            (self.locations[:, 0] == int(location[0])) & (self.locations[:, 1] == int(location[1]))
+        ).nonzero()
+        return int(hits[0, 0]) if hits.numel() else None
+
     def as_map(self, values: torch.Tensor) -> torch.Tensor:
         """Reshape per-candidate values ``(..., K)`` to ``(..., G, G)`` (needs a full grid)."""
         if not self.grid or self.grid * self.grid != len(self):

@@ -12,6 +12,10 @@ Each step is handed to ``on_step`` (the simulation writes it to the store) as a
 :class:`StepRecord`; ``on_array`` receives the arrays of a Fig. 6-style visualisation when
 ``figure_completions > 0``.
 
+:func:`run_session` is the scan environment (``boed.acquisition.ScanEnv``) with one episode:
+the decisions are made by a ``boed.acquisition.Controller`` that is handed only the patches the
+scanner reveals, the code a real acquisition runs (docs/acquisition.md).
+
 Only a policy that declares ``needs_truth`` (the oracles) is handed the hidden image and labels.
 Every model output is checked: non-finite probabilities, completions or EIG values fail the
 session with a :class:`~boed.errors.BoedError` naming the step, instead of being logged as a
@@ -20,7 +24,6 @@ result (a NaN EIG map would otherwise pick candidate 0 and the session end ``don
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,17 +32,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from boed.eig import (
-    DEFAULT_MEMORY_BUDGET,
-    check_finite,
-    expected_information_gain,
-    predict_checked,
-    resolve_target,
-    target_entropy,
-)
+from boed.eig import DEFAULT_MEMORY_BUDGET, check_finite, expected_information_gain, resolve_target
 from boed.errors import BoedError
-from boed.policies import DecisionState, StoppingRule, Truth
-from boed.scanner import CandidateGrid, Scanner
+from boed.policies import StoppingRule
+from boed.scanner import CandidateGrid
 
 if TYPE_CHECKING:
     from boed.eig import Target
@@ -115,7 +111,8 @@ def at_step(step: int) -> Iterator[None]:
         raise BoedError(f"step {step}: {exc}") from exc
 
 
-def _eig_map(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:
+def eig_grid(eig: torch.Tensor, candidates: CandidateGrid) -> list[list[float]]:
+    """An EIG map ``(K,)`` as the nested list the store keeps: ``(G, G)``, or ``(1, K)`` off a grid."""
     values = eig.double().cpu()
     grid = candidates.as_map(values) if candidates.grid else values[None]
     return grid.tolist()
@@ -139,8 +136,14 @@ def run_session(
     on_array: Callable[[int, str, np.ndarray], None] | None = None,
     figure_completions: int = 0,
     prior_decision: PriorDecision | Callable[[], PriorDecision | None] | None = None,
+    scans_per_step: int = 1,
 ) -> SessionResult:
     """Run one session on the hidden ``image`` ``(1, 1, S, S)`` (or ``(1, S, S)``).
+
+    The scan environment with one episode (``boed.acquisition.ScanEnv`` and
+    ``boed.acquisition.run_episodes``): its :class:`~boed.acquisition.Controller` is given the
+    patches of ``image`` where the policy scans, as a real scanner would give them, so a
+    simulated session and a real acquisition run the same code.
 
     Args:
         labels: the true labels ``(L,)`` (handed, with ``image``, only to a policy that declares
@@ -162,98 +165,54 @@ def run_session(
             for every image, so it is computed once instead of once per session. A callable is
             called only when the first decision is due (so an error in it is reported at step 1,
             after step 0's own checks); it may return None (then the session samples itself).
+        scans_per_step: k scans chosen per decision, each conditional on the earlier ones
+            (``boed.acquisition.greedy_scans``); every scan is logged as its own step.
     """
+    from boed.acquisition.env import ScanEnv, run_episodes
+
     if image.dim() == 3:
         image = image[None]
     if policy.needs_eig and sampler is None:
         raise BoedError(f"policy {policy.name!r} needs a sampler")
-    tgt = resolve_target(target, list(classifier.labels))
+    resolve_target(target, list(classifier.labels))
     check_finite(image, "the image has non-finite pixels")
-    truth = Truth(image, labels) if getattr(policy, "needs_truth", False) else None
-    stopping = stopping or StoppingRule()
-    scanner = Scanner(image, candidates)
-    result = SessionResult()
-
-    def emit(record: StepRecord) -> None:
-        result.steps.append(record)
-        if on_step is not None:
-            on_step(record)
-
-    t0 = time.perf_counter()
-    with at_step(0):
-        probs = predict_checked(classifier, scanner.observed, scanner.mask)  # (1, L)
-    emit(StepRecord(0, None, None, None, None, probs[0].tolist(), time.perf_counter() - t0))
-
-    for step in range(1, scans + 1):
-        t0 = time.perf_counter()
-        if stopping.stop_on_entropy(float(target_entropy(probs, tgt)[0])):
-            result.stopped_early = True
-            break
-        observed, mask = scanner.observed, scanner.mask
-        state = DecisionState(
-            step=step,
-            observed=observed,
-            mask=mask,
-            candidates=candidates,
-            scanned=list(scanner.scanned),
-            generator=generator,
-            truth=truth,
-            classifier=classifier,
-            target=tgt,
-            memory_budget=memory_budget,
-        )
-        ig = completions = None
-        with at_step(step):
-            prior = None
-            if policy.needs_eig and prior_decision is not None and not bool(mask.any()):
-                prior = prior_decision() if callable(prior_decision) else prior_decision
-            if prior is not None:
-                completions, state.eig, ig = prior
-            elif policy.needs_eig:
-                completions = sampler.sample(observed, mask, n_samples, generator=generator)
-                state.eig, ig = expected_information_gain(
-                    classifier,
-                    observed,
-                    mask,
-                    completions,
-                    candidates,
-                    tgt,
-                    memory_budget=memory_budget,
-                    current_probs=probs,
-                )
-            if stopping.stop_on_eig(state.eig):
-                result.stopped_early = True
-                break
-            choice = policy.choose(state)
-            scanner.scan(choice)
-            probs = predict_checked(classifier, scanner.observed, scanner.mask)
-        eig_value = float(state.eig[choice]) if state.eig is not None else None
-        eig_map = _eig_map(state.eig, candidates) if state.eig is not None else None
-        seconds = time.perf_counter() - t0
-        if on_array is not None and figure_completions > 0 and completions is not None:
-            _save_figure_arrays(
-                on_array,
-                step,
-                observed,
-                mask,
-                scanner,
-                completions,
-                ig,
-                state.eig,
-                candidates,
-                choice,
-                figure_completions,
-            )
-        emit(
-            StepRecord(
-                step, candidates.location(choice), choice, eig_value, eig_map, probs[0].tolist(), seconds
-            )
-        )
+    env = ScanEnv(
+        classifier,
+        candidates,
+        num_envs=1,
+        sampler=sampler,
+        n_samples=n_samples,
+        target=target,
+        scans=scans,
+        memory_budget=memory_budget,
+        prior=prior_decision if policy.needs_eig else None,
+    )
+    options = {
+        "images": image,
+        "labels": None if labels is None else labels.reshape(1, -1),
+        "generators": [generator],
+    }
+    (result,) = run_episodes(
+        env,
+        policy,
+        scans,
+        reset_options=options,
+        scans_per_step=scans_per_step,
+        stopping=stopping,
+        on_step=None if on_step is None else (lambda _b, record: on_step(record)),
+        on_array=None if on_array is None else (lambda _b, step, name, array: on_array(step, name, array)),
+        figure_episodes=(0,),
+        figure_completions=figure_completions,
+    )
     return result
 
 
-def _save_figure_arrays(on_array, step, observed, mask, scanner, completions, ig, eig, candidates, choice, k):
-    """The arrays of one row of a Fig. 6-style figure (float16 images, float32 maps)."""
+def save_figure_arrays(
+    on_array, step, observed, mask, observed_after, completions, ig, eig, candidates, choice, k
+):
+    """The arrays of one row of a Fig. 6-style figure (float16 images, float32 maps): the view
+    ``observed``/``mask`` ``(1, 1, S, S)`` before the scan, ``k`` of its completions and IG maps,
+    the mean completion, the EIG map, the chosen location and the view after the step."""
     images = completions.images[:, 0, 0] if completions.images.dim() == 5 else completions.images[:, 0]
     k = min(k, images.shape[0])
 
@@ -268,4 +227,4 @@ def _save_figure_arrays(on_array, step, observed, mask, scanner, completions, ig
     on_array(step, "ig", as_map(ig[:k]))
     on_array(step, "eig", as_map(eig))
     on_array(step, "location", np.asarray(candidates.location(choice), dtype=np.float32))
-    on_array(step, "observed_after", scanner.observed[0, 0].cpu().numpy().astype(np.float16))
+    on_array(step, "observed_after", observed_after[0, 0].cpu().numpy().astype(np.float16))

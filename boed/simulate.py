@@ -6,6 +6,12 @@ Each session draws from its own generator, seeded from ``(seed, image index, pol
 session's result does not depend on which other sessions ran, and a resumed run
 (``store.resume_plan``) adds exactly the missing sessions.
 
+With ``batch_episodes`` B > 1 the sessions of one policy on B images at a time run as the B
+episodes of one ``boed.acquisition.ScanEnv`` (classifier calls batched across the images); each
+episode keeps its own seeded generator, so the results are those of B = 1 (a test checks it).
+A batch is written to the store once it has finished; if anything in it fails, its sessions are
+run again one at a time, so a bad image fails only its own session, with the error it has at B = 1.
+
 Faults: an error of the sampler, the classifier or the data on one image marks that session
 failed (with its message) and the run goes on. An error of the store (a write it could not take:
 disk full, database gone) is not the image's fault: the run stops at once with
@@ -75,6 +81,10 @@ class SimulationConfig:
     allow_symlinks: bool = False
     allow_modalities: tuple[str, ...] = ()
     skip_bad: bool = False
+    # beyond the paper: k scans per decision (greedy, each conditional on the earlier ones), and
+    # B sessions of a policy run at once as the episodes of one batched environment
+    scans_per_step: int = 1
+    batch_episodes: int = 1
 
     def dataset_options(self) -> dict[str, Any]:
         """Keyword arguments of ``datasets.open_dataset`` beyond the source, split, size and n."""
@@ -89,7 +99,7 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policies", parse_policies(self.policies))
-        for name in ("n_images", "scans", "n_samples", "grid"):
+        for name in ("n_images", "scans", "n_samples", "grid", "scans_per_step", "batch_episodes"):
             if getattr(self, name) < 1:
                 raise BoedError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.patch_size <= self.image_size:
@@ -99,6 +109,11 @@ class SimulationConfig:
             raise BoedError(
                 f"--grid {self.grid} is more than the {positions} scan positions per side of "
                 f"{self.image_size} px images with {self.patch_size} px scans; use --grid {positions} or less"
+            )
+        if self.scans_per_step > self.grid**2:
+            raise BoedError(
+                f"scans-per-step {self.scans_per_step} is more than the {self.grid**2} candidate locations "
+                f"of --grid {self.grid}"
             )
 
     @property
@@ -125,18 +140,21 @@ def decision_memory(config: SimulationConfig) -> int:
     """Bytes one BOED decision needs at most, estimated from the config alone (before anything loads).
 
     With ``S`` = image size, ``K = G^2`` candidates, ``N`` completions, ``A`` =
-    :data:`SAMPLER_FLOATS_PER_PIXEL` and ``B`` = the classifier memory budget::
+    :data:`SAMPLER_FLOATS_PER_PIXEL`, ``E`` = the episodes decided together (``batch_episodes``)
+    and ``B`` = the classifier memory budget::
 
-        9 K S^2            candidate masks: float32 grid masks, boolean and float32 union masks
-      + 4 N S^2 (1 + A)    completions (float32) and the sampler's activations while drawing them
-      + 24 N K             information gains: ig, h_after and its gather (float64, N x K each)
+        E 9 K S^2          candidate masks: float32 grid masks, boolean and float32 union masks
+      + E 4 N S^2          completions (float32), kept for every episode
+      + 4 N S^2 A          the sampler's activations while drawing them (one episode at a time)
+      + E 24 N K           information gains: ig, h_after and its gather (float64, N x K each)
       + 4 B                classifier chunks: inputs (bounded by B) and their activations
 
     A lower bound for wider samplers (their activations grow with the width); it catches values
     that cannot fit long before a decision tries to allocate them.
     """
-    s2, k, n = config.image_size**2, config.grid**2, config.n_samples
-    return 9 * k * s2 + 4 * n * s2 * (1 + SAMPLER_FLOATS_PER_PIXEL) + 24 * n * k + 4 * config.memory_budget
+    s2, k, n, e = config.image_size**2, config.grid**2, config.n_samples, config.batch_episodes
+    per_episode = 9 * k * s2 + 4 * n * s2 + 24 * n * k
+    return e * per_episode + 4 * n * s2 * SAMPLER_FLOATS_PER_PIXEL + 4 * config.memory_budget
 
 
 def check_memory(config: SimulationConfig, available: int | None, where: str = "this machine") -> None:
@@ -146,9 +164,11 @@ def check_memory(config: SimulationConfig, available: int | None, where: str = "
     need = decision_memory(config)
     if need > available:
         raise BoedError(
-            f"--n-samples {config.n_samples} with --grid {config.grid} at {config.image_size} px needs "
-            f"about {_gib(need)} per decision (estimate in boed.simulate.decision_memory), more than the "
-            f"{_gib(available)} available on {where}; lower --n-samples or --grid"
+            f"--n-samples {config.n_samples} with --grid {config.grid} at {config.image_size} px"
+            + (f" and --batch-episodes {config.batch_episodes}" if config.batch_episodes > 1 else "")
+            + f" needs about {_gib(need)} per decision (estimate in boed.simulate.decision_memory), more "
+            f"than the {_gib(available)} available on {where}; lower --n-samples or --grid"
+            + (" or --batch-episodes" if config.batch_episodes > 1 else "")
         )
 
 
@@ -390,30 +410,49 @@ def run_simulation(
     if on_start is not None:
         on_start(run_id)
 
-    plan = [(i, p) for i in range(n_images) for p in (FULL_IMAGE, *config.policies)]
-    timings: dict[str, float] = {p: 0.0 for p in (FULL_IMAGE, *config.policies)}
+    policies = (FULL_IMAGE, *config.policies)
+    plan = [(i, p) for i in range(n_images) for p in policies]
+    timings: dict[str, float] = {p: 0.0 for p in policies}
     t_run = time.perf_counter()
-    item_cache: dict[int, dict[str, Any]] = {}
     context = _RunContext(guarded, run_id, sampler, classifier, candidates, target, config)
+    width = max(1, config.batch_episodes)
+    n_done = 0
     try:
-        for n_done, (index, policy) in enumerate(plan, start=1):
-            if index not in item_cache:
-                item_cache.clear()
-                item_cache[index] = _load_item(dataset, index)
-            item = item_cache[index]
-            image_id = str(item["idx"])
-            if (image_id, policy) in done:
-                continue
-            t0 = time.perf_counter()
-            if "error" in item:  # an unreadable image: every session of it is recorded as failed
-                status = _failed_session(context, index, image_id, policy, item["error"])
-            else:
-                status = _one_session(context, index, image_id, item, policy)
-            seconds = time.perf_counter() - t0
-            timings[policy] += seconds
-            failures += status != "done"
-            if progress is not None:
-                progress(Progress(n_done, len(plan), index, policy, status, seconds, failures, dict(timings)))
+        for first in range(0, n_images, width):
+            items = {i: _load_item(dataset, i) for i in range(first, min(first + width, n_images))}
+            for policy in policies:
+                group = [(i, str(items[i]["idx"]), items[i]) for i in items]
+                group = [g for g in group if (g[1], policy) not in done]
+                n_done += len(items) - len(group)
+                ready = [g for g in group if "error" not in g[2]]
+                t0 = time.perf_counter()
+                statuses: dict[int, str] = {}
+                for index, image_id, item in group:  # an unreadable image: its sessions are failed
+                    if "error" in item:
+                        statuses[index] = _failed_session(context, index, image_id, policy, item["error"])
+                if len(ready) == 1 or (ready and policy == FULL_IMAGE):
+                    for index, image_id, item in ready:
+                        statuses[index] = _one_session(context, index, image_id, item, policy)
+                elif ready:
+                    statuses |= _batch_sessions(context, ready, policy)
+                seconds = (time.perf_counter() - t0) / max(1, len(group))
+                for index, _image_id, _item in group:
+                    n_done += 1
+                    timings[policy] += seconds
+                    failures += statuses[index] != "done"
+                    if progress is not None:
+                        progress(
+                            Progress(
+                                n_done,
+                                len(plan),
+                                index,
+                                policy,
+                                statuses[index],
+                                seconds,
+                                failures,
+                                dict(timings),
+                            )
+                        )
         final = _timings(timings, t_run, previous)
         final["failed_sessions"] = guarded.session_counts(run_id).get("failed", 0)
         guarded.finish_run(run_id, status="done", timings=final)
@@ -587,10 +626,113 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
                 on_array=on_array if figure else None,
                 figure_completions=config.figure_completions if figure else 0,
                 prior_decision=context.prior if needs_eig else None,
+                scans_per_step=config.scans_per_step,
             )
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one bad image must not end the run (a store fault is no Exception)
+        store.finish_session(session_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    store.finish_session(session_id, status="done")
+    return "done"
+
+
+def _batch_sessions(
+    context: _RunContext, group: list[tuple[int, str, dict[str, Any]]], policy: str
+) -> dict[int, str]:
+    """The sessions of ``policy`` on the images of ``group`` as the episodes of one environment.
+
+    Each episode draws from the generator its session has at B = 1, so its steps are the same.
+    The steps are kept until the whole batch has run, then written session by session; if the
+    batch raises, its sessions are run again one at a time (:func:`_one_session`), so a bad image
+    fails only its own session, with its own error. Returns ``{image index: status}``.
+    """
+    from boed.acquisition.env import ScanEnv, run_episodes
+
+    config, classifier, device = context.config, context.classifier, context.device
+    size = config.image_size
+    chosen = get_policy(policy)
+    records: list[list[Any]] = [[] for _ in group]
+    arrays: list[list[tuple[int, str, np.ndarray]]] = [[] for _ in group]
+    try:
+        env = ScanEnv(
+            classifier,
+            context.candidates,
+            num_envs=len(group),
+            sampler=context.sampler,
+            n_samples=config.n_samples,
+            target=context.target,
+            scans=config.scans,
+            memory_budget=config.memory_budget,
+            prior=context.prior if chosen.needs_eig else None,
+        )
+        options = {
+            "images": torch.cat([item["img"].float().reshape(1, 1, size, size) for _, _, item in group]).to(
+                device
+            ),
+            "labels": torch.stack([item["lab"].float().reshape(-1) for _, _, item in group]),
+            "generators": [
+                torch.Generator(device=device).manual_seed(session_seed(config.seed, index, policy))
+                for index, _, _ in group
+            ],
+        }
+        figures = [
+            b for b, (index, _, _) in enumerate(group) if policy == "boed" and index < config.figure_sessions
+        ]
+        run_episodes(
+            env,
+            chosen,
+            config.scans,
+            reset_options=options,
+            scans_per_step=config.scans_per_step,
+            stopping=config.stopping,
+            on_step=lambda b, record: records[b].append(record),
+            on_array=lambda b, step, name, array: arrays[b].append((step, name, array)),
+            figure_episodes=figures,
+            figure_completions=config.figure_completions if figures else 0,
+        )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001 - which image? run them one at a time, each with its own error
+        return {
+            index: _one_session(context, index, image_id, item, policy) for index, image_id, item in group
+        }
+    statuses = {}
+    for b, (index, image_id, item) in enumerate(group):
+        statuses[index] = _write_session(context, index, image_id, item, policy, records[b], arrays[b])
+    return statuses
+
+
+def _write_session(
+    context: _RunContext,
+    index: int,
+    image_id: str,
+    item: dict[str, Any],
+    policy: str,
+    records: list[Any],
+    arrays: list[tuple[int, str, np.ndarray]],
+) -> str:
+    """Write one finished episode of a batch as its session (as :func:`_one_session` would have)."""
+    store = context.store
+    true_labels = [float(v) for v in item["lab"].reshape(-1).tolist()]
+    session_id = store.start_session(
+        context.run_id, image_id=image_id, image_index=index, policy=policy, true_labels=true_labels
+    )
+    try:
+        for record in records:
+            store.log_step(
+                session_id,
+                step=record.step,
+                location=record.location,
+                candidate=record.candidate,
+                eig=record.eig,
+                eig_map=record.eig_map,
+                probs=record.probs,
+                seconds=record.seconds,
+            )
+        for step, name, array in arrays:
+            store.save_array(session_id, step, name, array)
+    except Exception as exc:  # noqa: BLE001 - the store refused a value of this session (a fault is no Exception)
         store.finish_session(session_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         return "failed"
     store.finish_session(session_id, status="done")
