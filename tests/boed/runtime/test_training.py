@@ -172,3 +172,32 @@ def test_every_callback():
 def test_state_dict_round_trip():
     s = TrainState(step=3, skipped=1, consecutive_skips=1, images_seen=12, seconds=1.5)
     assert TrainState.from_dict(s.as_dict()) == s
+
+
+def test_phase_when_runs_a_phase_only_on_its_steps():
+    # a WGAN-style schedule: the critic every step, the generator every third step
+    critic, generator = nn.Linear(1, 1), nn.Linear(1, 1)
+    ran: list[tuple[str, int]] = []
+    step = {"now": 0}
+
+    def loss(name, module):
+        def fn(_):
+            ran.append((name, step["now"]))
+            return {"loss": module.weight.sum()}
+
+        return fn
+
+    phases = [
+        Phase(loss("d", critic), torch.optim.SGD(critic.parameters(), lr=0.1), name="d"),
+        Phase(
+            loss("g", generator),
+            torch.optim.SGD(generator.parameters(), lr=0.1),
+            name="g",
+            when=lambda s: s % 3 == 2,
+        ),
+    ]
+    g_before = generator.weight.detach().clone()
+    state = train(phases, endless([[0]]), steps=6, callbacks=[lambda s, _: step.update(now=s.step)])
+    assert [s for n, s in ran if n == "d"] == [0, 1, 2, 3, 4, 5]
+    assert [s for n, s in ran if n == "g"] == [2, 5]
+    assert state.step == 6 and torch.allclose(generator.weight, g_before - 2 * 0.1)
