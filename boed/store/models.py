@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,7 +46,7 @@ class Base(DeclarativeBase):
 
 
 class Run(Base):
-    """One simulation run: everything needed to reproduce it and its outcome."""
+    """One run (a simulation, or a real acquisition): everything needed to reproduce it and its outcome."""
 
     __tablename__ = "runs"
 
@@ -65,6 +66,8 @@ class Run(Base):
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     target: Mapped[str | None] = mapped_column(String(64))  # a name of ``labels`` or "all" (0002)
     error: Mapped[str | None] = mapped_column(Text)  # why an interrupted/failed run stopped (0002)
+    # simulation | acquisition (0003): boed simulate, or a real acquisition (docs/acquisition.md)
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'simulation'"))
 
 
 class Session(Base):

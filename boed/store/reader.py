@@ -75,9 +75,10 @@ class ReadAPI(StoreBase):
 
     # ---------------------------------------------------------------- read API (DataFrames)
     def runs(self) -> pd.DataFrame:
-        """One row per run, oldest first: ``run_id, created_at, finished_at, status, target,
+        """One row per run, oldest first: ``run_id, created_at, finished_at, status, kind, target,
         sampler, sampler_sha256, classifier, classifier_sha256, seed, code_version, n_sessions,
-        n_done, n_failed, error`` (timestamps UTC). Full configs: :meth:`get_run`."""
+        n_done, n_failed, error`` (timestamps UTC; ``kind``: simulation or acquisition). Full
+        configs: :meth:`get_run`."""
         counts = (
             select(
                 Session.run_id,
@@ -94,6 +95,7 @@ class ReadAPI(StoreBase):
                 Run.created_at,
                 Run.finished_at,
                 Run.status,
+                Run.kind,
                 Run.target,
                 Run.sampler,
                 Run.sampler_sha256,

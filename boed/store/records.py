@@ -24,6 +24,9 @@ RUN_STATUSES = ("running", "done", "failed", "interrupted")
 for every image); ``interrupted``: stopped before the end by Ctrl-C, SIGTERM or a store fault
 (``--resume`` continues it). ``runs.error`` says why a run stopped."""
 SESSION_STATUSES = ("running", "done", "failed")
+RUN_KINDS = ("simulation", "acquisition")
+"""``simulation``: ``boed simulate``; ``acquisition``: a real acquisition through
+``boed.acquisition.Controller`` (docs/acquisition.md)."""
 MAX_ERROR_CHARS = 10_000
 
 
@@ -47,6 +50,7 @@ class RunRecord:
     timings: dict[str, Any] | None
     target: str | None = None  # the run's target: a name of ``labels`` or "all" (schema 0002)
     error: str | None = None  # why an interrupted or failed run stopped (schema 0002)
+    kind: str = "simulation"  # simulation | acquisition (schema 0003)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from boed.store.errors import StoreError
 from boed.store.migrate import MIGRATIONS, upgrade
 from boed.store.reader import ReadAPI
 from boed.store.records import (
+    RUN_KINDS,
     RUN_STATUSES,
     SESSION_STATUSES,
     RunRecord,
@@ -30,6 +31,7 @@ from boed.store.writer import WritePath
 
 __all__ = [
     "MIGRATIONS",
+    "RUN_KINDS",
     "RUN_STATUSES",
     "SESSION_STATUSES",
     "RunRecord",

@@ -13,6 +13,7 @@ from boed.store.errors import StoreError
 from boed.store.models import Array, Prediction, Run, Session, Step
 from boed.store.records import (
     MAX_ERROR_CHARS,
+    RUN_KINDS,
     RUN_STATUSES,
     finite_or_none,
     floats,
@@ -39,12 +40,16 @@ class WritePath(StoreBase):
         labels: Sequence[str],
         code_version: str,
         target: str | None = None,
+        kind: str = "simulation",
     ) -> str:
         """Record a new run (status ``running``) and return its id.
 
         ``target``: the label the run decides about, one of ``labels`` or ``"all"`` (None: not
-        recorded; the run's config still holds the requested target).
+        recorded; the run's config still holds the requested target). ``kind``: ``simulation``
+        (``boed simulate``) or ``acquisition`` (a real acquisition, docs/acquisition.md).
         """
+        if kind not in RUN_KINDS:
+            raise StoreError(f"unknown run kind {kind!r}; valid: {', '.join(RUN_KINDS)}")
         labels = [str(label) for label in labels]
         if not labels or len(set(labels)) != len(labels):
             raise StoreError(f"a run needs a non-empty list of distinct label names, got {labels!r}")
@@ -67,6 +72,7 @@ class WritePath(StoreBase):
             timings=None,
             target=None if target is None else str(target),
             error=None,
+            kind=kind,
         )
         with self._write() as s:
             s.add(run)

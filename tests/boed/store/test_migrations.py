@@ -134,6 +134,34 @@ def test_populated_first_schema_upgrades_to_head_and_reads_back(store_url):
         assert store.get_run(new).target == "Any"
 
 
+def test_runs_of_schema_0002_read_as_simulations_and_acquisitions_are_recorded(store_url):
+    """Migration 0003 adds runs.kind: every older run reads 'simulation'; a new run may be an
+    'acquisition'; anything else is refused; 0003 downgrades to 0002 and back."""
+    _to_revision(store_url, "0001")
+    _populate_first_schema(store_url)
+    _to_revision(store_url, "0002")
+    with Store.open(store_url) as store:  # 0002 -> head
+        runs = store.runs().set_index("run_id")
+        assert runs["kind"].tolist() == ["simulation"] * 3
+        assert store.get_run("r-mass").kind == "simulation"
+        new = _make_run(store, kind="acquisition")
+        assert store.get_run(new).kind == "acquisition" and _make_run(store) and len(store.runs()) == 5
+        assert store.runs().set_index("run_id").loc[new, "kind"] == "acquisition"
+        with pytest.raises(StoreError, match="unknown run kind 'scan'; valid: simulation, acquisition"):
+            _make_run(store, kind="scan")
+    engine = make_engine(store_url)
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0002")
+    with engine.connect() as conn:
+        assert "kind" not in {c["name"] for c in inspect(conn).get_columns("runs")}
+    engine.dispose()
+    with Store.open(store_url) as store:
+        assert store.get_run(new).kind == "simulation"  # the column came back with its default
+        assert len(store.sessions()) == 4
+
+
 def test_target_of_old_configs():
     from importlib import import_module
 
@@ -167,7 +195,7 @@ def test_unversioned_tables_of_the_newest_schema_or_of_something_else(tmp_path):
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
-    with pytest.raises(StoreError, match="match schema revision 0002: .*stamp 0002"):
+    with pytest.raises(StoreError, match="match schema revision 0003: .*stamp 0003"):
         Store.open(url)
     other = tmp_path / "other.db"
     engine = make_engine(other)
