@@ -82,6 +82,24 @@ SPECS: dict[str, SamplerSpec] = {
             family="generative.aipo:FAMILY",
             shipped="aipo-phantom",
         ),
+        SamplerSpec(
+            "context-encoder",
+            "context encoder (Pathak et al. 2016), L2 loss: one deterministic completion (a point estimate)",
+            family="generative.context_encoder:FAMILY",
+            deterministic=True,
+        ),
+        SamplerSpec(
+            "context-encoder-adv",
+            "context encoder with a DCGAN loss and the tricks of Burlin et al. 2017 §5.2 (deterministic)",
+            family="generative.context_encoder:FAMILY",
+            deterministic=True,
+        ),
+        SamplerSpec(
+            "context-encoder-wgan",
+            "context encoder with a Wasserstein critic, Burlin et al. 2017 §5.3 (deterministic)",
+            family="generative.context_encoder:FAMILY",
+            deterministic=True,
+        ),
     )
 }
 SAMPLERS: tuple[str, ...] = tuple(SPECS)
