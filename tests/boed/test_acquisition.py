@@ -95,9 +95,9 @@ def test_controller_proposes_the_eig_argmax_and_is_told_patches(world, grid):
     assert proposal.candidate == int(torch.argmax(proposal.eig))
     assert proposal.location == grid.location(proposal.candidate) and proposal.best_eig > 0
     assert proposal.stderr.shape == proposal.eig.shape and proposal.completions.images.shape[0] == 6
-    assert proposal.ig.shape == (6, len(grid)) and proposal.entropy == pytest.approx(
-        float(target_entropy(clf.predict(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)), controller.target)[0])
-    )
+    blank = torch.zeros(1, 1, 16, 16)
+    h0 = float(target_entropy(clf.predict(blank, blank), controller.target)[0])
+    assert proposal.ig.shape == (6, len(grid)) and proposal.entropy == pytest.approx(h0)
     image = world.images[2:3]
     row, col = proposal.location
     controller.observe(proposal.location, image[0, 0, row : row + 4, col : col + 4])
@@ -248,7 +248,8 @@ def test_stopping_rule_ends_episodes_of_a_batch_separately(world, grid):
 # ---------------------------------------------------------------- the simulation at B > 1
 def _config(**kw):
     base = dict(images="toy", n_images=5, scans=3, n_samples=4, grid=4, image_size=16, patch_size=4,
-                policies=("boed", "random", "oracle", "oracle-entropy"), figure_sessions=2, figure_completions=2)  # fmt: skip
+                policies=("boed", "random", "oracle", "oracle-entropy"), figure_sessions=2,
+                figure_completions=2)  # fmt: skip
     return SimulationConfig(**(base | kw))
 
 
@@ -258,9 +259,8 @@ def _by_session(store):
         s = store.sessions[r["session_id"]]
         values = (r["step"], r["candidate"], r["eig"], r["probs"], r["eig_map"])
         out.setdefault((s["image_id"], s["policy"]), []).append(values)
-    arrays = {
-        (store.sessions[sid]["image_id"], step, name): a.tolist() for (sid, step, name), a in store.arrays.items()
-    }
+    arrays = {(store.sessions[sid]["image_id"], step, name): a.tolist()
+              for (sid, step, name), a in store.arrays.items()}  # fmt: skip
     return out, arrays, {(s["image_id"], s["policy"]): s["status"] for s in store.sessions.values()}
 
 
@@ -289,7 +289,8 @@ def test_a_bad_image_in_a_batch_fails_only_its_own_session(world):
     outcomes = {}
     for b in (1, 4):
         store = FakeStore()
-        run_simulation(store, ds, PosteriorSampler(world), BayesClassifier(world), _config(n_images=4, batch_episodes=b))
+        config = _config(n_images=4, batch_episodes=b)
+        run_simulation(store, ds, PosteriorSampler(world), BayesClassifier(world), config)
         outcomes[b] = _by_session(store)
         errors = {(s["image_id"], s["policy"]): s["error"] for s in store.sessions.values()}
         failed = {k for k, v in outcomes[b][2].items() if v == "failed"}
@@ -343,7 +344,8 @@ def test_greedy_conditional_pair_never_carries_less_than_the_two_best_independen
             g = _exact_joint(world, observed, mask, grid, greedy, target)
             i = _exact_joint(world, observed, mask, grid, independent, target)
             assert proposal.joint_eig[1] == pytest.approx(g, abs=1e-5)  # the estimate is exact here
-            assert proposal.joint_eig[0] == pytest.approx(_exact_joint(world, observed, mask, grid, greedy[:1], target), abs=1e-5)
+            first = _exact_joint(world, observed, mask, grid, greedy[:1], target)
+            assert proposal.joint_eig[0] == pytest.approx(first, abs=1e-5)
             assert g >= i - 1e-6, (seed, target_name, greedy, independent)
             strictly_better += g > i + 1e-4
             cases += 1
