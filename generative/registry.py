@@ -83,6 +83,16 @@ SPECS: dict[str, SamplerSpec] = {
             shipped="aipo-phantom",
         ),
         SamplerSpec(
+            "gan-yeh",
+            "DCGAN latent search (Yeh et al. 2017): importance-weighted context + prior loss, Poisson blending",
+            family="generative.gan.dcgan:FAMILY",
+        ),
+        SamplerSpec(
+            "wgan-vitoria",
+            "improved WGAN-GP latent search (Vitoria et al. 2018): context + gradient + prior loss, blending",
+            family="generative.gan.wgan:FAMILY",
+        ),
+        SamplerSpec(
             "context-encoder",
             "context encoder (Pathak et al. 2016), L2 loss: one deterministic completion (a point estimate)",
             family="generative.context_encoder:FAMILY",
@@ -98,6 +108,37 @@ SPECS: dict[str, SamplerSpec] = {
             "context-encoder-wgan",
             "context encoder with a Wasserstein critic, Burlin et al. 2017 §5.3 (deterministic)",
             family="generative.context_encoder:FAMILY",
+            deterministic=True,
+        ),
+        SamplerSpec(
+            "retrieval",
+            "retrieval importance sampling (Harvey et al. 2019): weighted training images from an index",
+            build="generative.retrieval:build",
+            artifact="generative.retrieval:build_index",
+            no_shipped=(
+                "the retrieval sampler needs an index: build one with `boed build-retrieval-index "
+                "--images chestxray --preset {preset} --n-train N --out INDEX` and pass INDEX"
+            ),
+        ),
+        SamplerSpec(
+            "harmonic",
+            "harmonic (Laplace) inpainting: a training-free deterministic fill",
+            build="generative.fills:build_harmonic",
+            needs_checkpoint=False,
+            deterministic=True,
+        ),
+        SamplerSpec(
+            "tv",
+            "total-variation inpainting (Chambolle-Pock): a training-free deterministic fill",
+            build="generative.fills:build_tv",
+            needs_checkpoint=False,
+            deterministic=True,
+        ),
+        SamplerSpec(
+            "mean",
+            "the mean training image in the missing pixels: a deterministic reference",
+            build="generative.fills:build_mean",
+            artifact="generative.fills:build_mean_image",
             deterministic=True,
         ),
     )
