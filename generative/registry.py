@@ -83,6 +83,16 @@ SPECS: dict[str, SamplerSpec] = {
             shipped="aipo-phantom",
         ),
         SamplerSpec(
+            "diffusion",
+            "mask-conditioned DDPM (Ho et al. 2020) on cat([x_t, x*m, m]), DDIM sampling (Song et al. 2021)",
+            family="generative.diffusion.family:FAMILY",
+        ),
+        SamplerSpec(
+            "repaint",
+            "RePaint (Lugmayr et al. 2022): unconditional DDPM, known pixels re-noised each step, resampling",
+            family="generative.diffusion.family:FAMILY",
+        ),
+        SamplerSpec(
             "gan-yeh",
             "DCGAN latent search (Yeh et al. 2017): importance-weighted context + prior loss, Poisson blending",
             family="generative.gan.dcgan:FAMILY",
