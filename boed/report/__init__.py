@@ -7,6 +7,6 @@
 - :func:`build_report`: writes the PNGs and an ``index.html`` that needs no network access.
 """
 
-from boed.report.build import build_report, load_summary, load_target_summary, run_target
+from boed.report.build import build_report, load_paired, load_summary, load_target_summary, run_target
 
-__all__ = ["build_report", "load_summary", "load_target_summary", "run_target"]
+__all__ = ["build_report", "load_paired", "load_summary", "load_target_summary", "run_target"]

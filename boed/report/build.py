@@ -2,8 +2,12 @@
 
 Everything is reported for the run's *target* (:func:`run_target`): one label of the classifier
 (e.g. ``Any``, ``Mass`` or a folder's own ``big``), or ``all``, for which the metrics are
-averaged over the target's labels (macro average: accuracy, AUROC and entropy of each label,
-then their mean).
+averaged over the target's labels (macro average: each metric of each label, then their mean;
+a macro average has no bootstrap CIs here, its ``_lo``/``_hi`` columns are NaN).
+
+Beside the summary (``summary.csv``: each metric with its 95 % bootstrap CI over images), the
+report compares every policy with a reference policy (default ``random``) image by image
+(``paired.csv``: differences with paired CIs and McNemar's exact test, :mod:`boed.report.stats`).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def load_target_summary(
         by_label = {name: frame for name, frame in predictions.groupby("label", sort=False)}
         empty = predictions.iloc[:0]
         summary = _macro_mean(
-            [summarise(by_label.get(name, empty), scans, policies) for name in target.labels]
+            [summarise(by_label.get(name, empty), scans, policies, ci=False) for name in target.labels]
         )
     summary.insert(0, "target", target.name)
     return run, target, summary
@@ -80,7 +84,9 @@ def _macro_mean(tables: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean of the metrics of several labels' summaries, row by row (same policies and scans)."""
     first = tables[0]
     out = first.copy()
-    for key in ("accuracy", "auroc", "entropy"):
+    for key in ("accuracy", "auroc", "entropy", "log_loss", "brier"):
+        if key not in first:
+            continue
         values = pd.concat([t[key].reset_index(drop=True) for t in tables], axis=1).to_numpy(float)
         with np.errstate(all="ignore"):
             known = ~np.isnan(values)
@@ -89,29 +95,108 @@ def _macro_mean(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
+def load_paired(store: Any, run_id: str, reference: str = "random", label: str | None = None) -> pd.DataFrame:
+    """Paired differences of every policy against ``reference`` for the run's one-label target
+    (:func:`boed.report.metrics.compare`); empty for a multi-label target or without ``reference``."""
+    from boed.report.metrics import compare
+
+    run = store.get_run(run_id)
+    target = run_target(run, label)
+    config = run.config or {}
+    if len(target.labels) != 1:
+        return pd.DataFrame()
+    policies = [p for p in config.get("policies", []) if p != FULL_IMAGE] or None
+    table = compare(
+        store.predictions(run_id, label=target.labels[0]), int(config.get("scans", 5)), reference, policies
+    )
+    if len(table):
+        table.insert(0, "target", target.name)
+    return table
+
+
+def paired_html(paired: pd.DataFrame) -> str:
+    """Differences against the reference policy with their paired 95 % CIs and McNemar's p."""
+    if paired.empty:
+        return (
+            "<p class=small>No paired comparison (no reference-policy sessions, or a multi-label target).</p>"
+        )
+    ref = html.escape(str(paired["reference"].iloc[0]))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("scans", "pairs", "Δ accuracy [95% CI]", "McNemar p", "Δ AUROC", "Δ log loss", "Δ Brier")
+    )
+    rows = []
+    for policy, sub in paired.groupby("policy", sort=False):
+        for r in sub.itertuples():
+            cells = [
+                str(int(r.scans)),
+                str(int(r.n_pairs)),
+                _ci(r.accuracy, r.accuracy_lo, r.accuracy_hi),
+                _fmt(float(r.mcnemar_p)),
+                _ci(r.auroc, r.auroc_lo, r.auroc_hi),
+                _ci(r.log_loss, r.log_loss_lo, r.log_loss_hi),
+                _ci(r.brier, r.brier_lo, r.brier_hi),
+            ]
+            rows.append(
+                f"<tr><td class=l>{html.escape(policy)}</td>"
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + "</tr>"
+            )
+    return (
+        f"<p class=small>Each policy minus <b>{ref}</b> on the same images (positive Δ accuracy / AUROC and "
+        "negative Δ log loss / Brier favour the policy); a CI that excludes 0 is a difference beyond "
+        "the image sample's noise.</p>"
+        f"<table><tr><th class=l>policy</th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def _ci(value: float, lo: float, hi: float) -> str:
+    if value is None or math.isnan(float(value)):
+        return "–"
+    if math.isnan(float(lo)):
+        return _fmt(float(value))
+    return f"{float(value):+.3f} [{float(lo):+.3f}, {float(hi):+.3f}]"
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _with_ci(row: Any, key: str) -> str:
+    value, lo, hi = (float(getattr(row, k, math.nan)) for k in (key, f"{key}_lo", f"{key}_hi"))
+    if math.isnan(value) or math.isnan(lo):
+        return _fmt(value)
+    return f"{value:.3f} <span class=small>[{lo:.3f}, {hi:.3f}]</span>"
+
+
 def summary_html(summary: pd.DataFrame) -> str:
-    """Three small tables (accuracy, AUROC, entropy): policies x number of scans."""
+    """One small table per metric (accuracy, AUROC, entropy, log loss, Brier): policies x number of
+    scans, each value with its 95 % bootstrap CI."""
     curves = summary[summary["policy"] != FULL_IMAGE]
     full = summary[summary["policy"] == FULL_IMAGE]
     scans = sorted(int(s) for s in curves["scans"].unique()) if len(curves) else []
     parts = []
-    for key, title in (("accuracy", "Accuracy"), ("auroc", "AUROC"), ("entropy", "Mean entropy (nats)")):
+    titles = (
+        ("accuracy", "Accuracy"),
+        ("auroc", "AUROC"),
+        ("entropy", "Mean entropy (nats)"),
+        ("log_loss", "Log loss (nats, lower is better)"),
+        ("brier", "Brier score (lower is better)"),
+    )
+    for key, title in titles:
+        if key not in summary:
+            continue
         head = "".join(f"<th>{s}</th>" for s in scans)
         rows = []
         for policy, sub in curves.groupby("policy", sort=False):
-            cells = "".join(f"<td>{_fmt(float(v))}</td>" for v in sub.sort_values("scans")[key])
+            cells = "".join(f"<td>{_with_ci(r, key)}</td>" for r in sub.sort_values("scans").itertuples())
             rows.append(f"<tr><td class=l>{html.escape(policy)} (n={int(sub['n'].iloc[0])})</td>{cells}</tr>")
         if not full.empty:
-            v = float(full[key].iloc[0])
             rows.append(
                 f"<tr><td class=l>full image (n={int(full['n'].iloc[0])})</td>"
-                f"<td colspan={max(len(scans), 1)}>{_fmt(v)}</td></tr>"
+                f"<td colspan={max(len(scans), 1)}>{_with_ci(next(full.itertuples()), key)}</td></tr>"
             )
         parts.append(
             f"<h3>{title}</h3><table><tr><th class=l>policy \\ scans</th>{head}</tr>{''.join(rows)}</table>"
@@ -135,6 +220,8 @@ def build_report(
     patch = int(config.get("patch_size", 16))
     plot_performance(summary, out / "fig5.png", target.title)
     summary.to_csv(out / "summary.csv", index=False)
+    paired = load_paired(store, run_id, label=label)
+    paired.to_csv(out / "paired.csv", index=False)
 
     sessions = store.sessions(run_id)
     figures = []
@@ -180,7 +267,10 @@ def build_report(
         ),
         f"<h2>{html.escape(target.title)} vs number of scans (Fig. 5)</h2>",
         '<img src="fig5.png" alt="performance vs number of scans">',
+        "<p class=small>Values in brackets: 95% bootstrap confidence intervals over images.</p>",
         summary_html(summary),
+        "<h2>Paired comparison</h2>",
+        paired_html(paired),
         "<h2>Sessions</h2>" + counts.to_html(border=0),
     ]
     if len(failed):

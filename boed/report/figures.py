@@ -33,14 +33,18 @@ def _pyplot():
 
 def plot_performance(summary: pd.DataFrame, path: Path, label: str) -> Path:
     """Fig. 5: accuracy, AUROC and entropy of ``label`` (the target's title) vs number of scans,
-    one line per policy; each panel's title starts with ``label``."""
+    one line per policy with its 95 % bootstrap CI as a band; each panel's title starts with
+    ``label``."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     curves = summary[summary["policy"] != FULL_IMAGE]
     full = summary[summary["policy"] == FULL_IMAGE]
     for ax, (key, title) in zip(axes, _METRICS, strict=True):
         for policy, sub in curves.groupby("policy", sort=False):
-            ax.plot(sub["scans"], sub[key], marker="o", label=policy)
+            (line,) = ax.plot(sub["scans"], sub[key], marker="o", label=policy)
+            lo, hi = f"{key}_lo", f"{key}_hi"
+            if lo in sub and sub[lo].notna().any():  # the 95% bootstrap CI as a band
+                ax.fill_between(sub["scans"], sub[lo], sub[hi], color=line.get_color(), alpha=0.15, lw=0)
         if not full.empty and not math.isnan(float(full[key].iloc[0])):
             ax.axhline(float(full[key].iloc[0]), color="k", ls="--", lw=1, label="full image")
         ax.set_xlabel("number of scans")

@@ -83,12 +83,43 @@ def full_image_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     return df[["image_id", "prob", "truth"]].reset_index(drop=True)
 
 
-def summarise(predictions: pd.DataFrame, scans: int, policies: list[str] | None = None) -> pd.DataFrame:
-    """Accuracy, AUROC and mean entropy per policy and number of scans.
+COLUMNS = ["policy", "scans", "n", "accuracy", "auroc", "entropy", "log_loss", "brier", "scans_used"]
 
-    Returns a long table ``policy, scans, n, accuracy, auroc, entropy, scans_used`` (``scans`` is
-    NaN and ``policy == "full-image"`` for the reference line).
+
+def _row(policy: str, scans: float, probs: np.ndarray, truth: np.ndarray, used: float, ci: bool) -> dict:
+    row = dict(
+        policy=policy,
+        scans=scans,
+        n=len(probs),
+        accuracy=accuracy(probs, truth),
+        auroc=binary_auroc(probs, truth),
+        entropy=mean_binary_entropy(probs),
+        log_loss=math.nan,
+        brier=math.nan,
+        scans_used=used,
+    )
+    from boed.report.stats import METRICS, metric_cis
+
+    with_ci = metric_cis(probs, truth)
+    row["log_loss"], row["brier"] = with_ci["log_loss"], with_ci["brier"]
+    for key in METRICS:
+        lo, hi = (with_ci[f"{key}_lo"], with_ci[f"{key}_hi"]) if ci else (math.nan, math.nan)
+        row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+    return row
+
+
+def summarise(
+    predictions: pd.DataFrame, scans: int, policies: list[str] | None = None, *, ci: bool = True
+) -> pd.DataFrame:
+    """Accuracy, AUROC, mean entropy, log loss and Brier score per policy and number of scans.
+
+    Returns a long table ``policy, scans, n, accuracy, auroc, entropy, log_loss, brier,
+    scans_used`` followed by ``<metric>_lo`` / ``<metric>_hi``, the 95 % bootstrap CI over images
+    of each metric (:mod:`boed.report.stats`; NaN with ``ci=False``). ``scans`` is NaN and
+    ``policy == "full-image"`` for the reference line.
     """
+    from boed.report.stats import METRICS
+
     traj = trajectories(predictions, scans)
     order = policies or list(dict.fromkeys(traj["policy"]))
     rows = []
@@ -96,31 +127,49 @@ def summarise(predictions: pd.DataFrame, scans: int, policies: list[str] | None 
         sub = traj[traj["policy"] == policy]
         if sub.empty:
             continue
+        truth = sub["truth"].to_numpy(float)
+        used = float(sub["scans_used"].mean())
         for t in range(scans + 1):
-            probs, truth = sub[t].to_numpy(float), sub["truth"].to_numpy(float)
-            rows.append(
-                dict(
-                    policy=policy,
-                    scans=t,
-                    n=len(sub),
-                    accuracy=accuracy(probs, truth),
-                    auroc=binary_auroc(probs, truth),
-                    entropy=mean_binary_entropy(probs),
-                    scans_used=float(sub["scans_used"].mean()),
-                )
-            )
+            rows.append(_row(policy, t, sub[t].to_numpy(float), truth, used, ci))
     full = full_image_predictions(predictions)
     if not full.empty:
-        probs, truth = full["prob"].to_numpy(float), full["truth"].to_numpy(float)
         rows.append(
-            dict(
-                policy=FULL_IMAGE,
-                scans=math.nan,
-                n=len(full),
-                accuracy=accuracy(probs, truth),
-                auroc=binary_auroc(probs, truth),
-                entropy=mean_binary_entropy(probs),
-                scans_used=math.nan,
+            _row(
+                FULL_IMAGE,
+                math.nan,
+                full["prob"].to_numpy(float),
+                full["truth"].to_numpy(float),
+                math.nan,
+                ci,
             )
         )
-    return pd.DataFrame(rows, columns=["policy", "scans", "n", "accuracy", "auroc", "entropy", "scans_used"])
+    bounds = [f"{k}_{end}" for k in METRICS for end in ("lo", "hi")]
+    return pd.DataFrame(rows, columns=COLUMNS + bounds)
+
+
+def compare(
+    predictions: pd.DataFrame, scans: int, reference: str = "random", policies: list[str] | None = None
+) -> pd.DataFrame:
+    """Paired differences ``policy − reference`` per number of scans (``stats.paired_differences``).
+
+    One row per (policy ≠ reference, scans): ``policy, reference, scans, n_pairs``, each metric's
+    difference with its paired 95 % CI (``<metric>``, ``_lo``, ``_hi``), and McNemar's exact test
+    of the accuracies (``mcnemar_p``, ``a_only``, ``b_only``). Empty when the run has no
+    ``reference`` sessions.
+    """
+    from boed.report.stats import paired_differences
+
+    traj = trajectories(predictions, scans)
+    order = [p for p in (policies or list(dict.fromkeys(traj["policy"]))) if p != reference]
+    ref = traj[traj["policy"] == reference]
+    rows = []
+    if not ref.empty:
+        for policy in order:
+            sub = traj[traj["policy"] == policy]
+            if sub.empty:
+                continue
+            for t in range(scans + 1):
+                a = sub[["image_id", "truth"]].assign(prob=sub[t].to_numpy(float))
+                b = ref[["image_id", "truth"]].assign(prob=ref[t].to_numpy(float))
+                rows.append({"policy": policy, "reference": reference, "scans": t} | paired_differences(a, b))
+    return pd.DataFrame(rows)
