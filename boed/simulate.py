@@ -85,6 +85,9 @@ class SimulationConfig:
     # B sessions of a policy run at once as the episodes of one batched environment
     scans_per_step: int = 1
     batch_episodes: int = 1
+    # per-episode: each episode's own generator (results independent of B); joint: one sampler
+    # call for the whole batch (faster where the sampler dominates; draws then depend on B)
+    sampler_batching: str = "per-episode"
 
     def dataset_options(self) -> dict[str, Any]:
         """Keyword arguments of ``datasets.open_dataset`` beyond the source, split, size and n."""
@@ -109,6 +112,12 @@ class SimulationConfig:
             raise BoedError(
                 f"--grid {self.grid} is more than the {positions} scan positions per side of "
                 f"{self.image_size} px images with {self.patch_size} px scans; use --grid {positions} or less"
+            )
+        from boed.acquisition.controller import SAMPLER_BATCHING
+
+        if self.sampler_batching not in SAMPLER_BATCHING:
+            raise BoedError(
+                f"unknown sampler batching {self.sampler_batching!r}; valid: {', '.join(SAMPLER_BATCHING)}"
             )
         if self.scans_per_step > self.grid**2:
             raise BoedError(
@@ -665,6 +674,7 @@ def _batch_sessions(
             scans=config.scans,
             memory_budget=config.memory_budget,
             prior=context.prior if chosen.needs_eig else None,
+            sampler_batching=config.sampler_batching,
         )
         options = {
             "images": torch.cat([item["img"].float().reshape(1, 1, size, size) for _, _, item in group]).to(

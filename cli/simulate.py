@@ -30,6 +30,7 @@ from cli.common import (
 )
 
 DEFAULT_N_IMAGES = 30
+DEFAULT_BATCH_EPISODES = 1  # set from benchmarks/sessions.py (benchmarks/results/sessions.json)
 OUT_HELP = (
     "Report folder (default runs/<run id>/). Checked before any work: it must be writable and hold "
     "no other run's report (one folder per run: its run id is kept in DIR/.boed-run)."
@@ -149,6 +150,18 @@ def simulate(
     stop_eig: float | None = typer.Option(
         None, "--stop-eig", help="Stop once the best EIG (nats) is below this."
     ),
+    scans_per_step: int = typer.Option(
+        1,
+        "--scans-per-step",
+        help="Scans chosen per decision (beyond the paper): each next one greedily, scored with the "
+        "earlier ones observed in every completion; every scan is still logged as its own step.",
+    ),
+    batch_episodes: int = typer.Option(
+        DEFAULT_BATCH_EPISODES,
+        "--batch-episodes",
+        help="Sessions of one policy run at once as the episodes of one batched environment "
+        "(classifier calls batched across the images); the results do not depend on it.",
+    ),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the HTML report."),
     threads: int = typer.Option(
         1,
@@ -224,6 +237,8 @@ def simulate(
                 figure_sessions=figures,
                 stop_entropy=stop_entropy,
                 stop_eig=stop_eig,
+                scans_per_step=scans_per_step,
+                batch_episodes=batch_episodes,
                 allow_training_images=allow_training_images,
                 **options,  # split_seed, max_pixels, allow_symlinks, allow_modalities, skip_bad
             )
