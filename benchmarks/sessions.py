@@ -100,8 +100,10 @@ def main() -> None:
         row = {"batch_episodes": b, "sessions": n, "seconds": round(seconds, 2),
                "sessions_per_minute": round(60 * n / seconds, 2)} | compare(reference, steps)  # fmt: skip
         rows.append(row)
-        print(f"B = {b:2d}: {n} sessions in {seconds:7.1f} s = {row['sessions_per_minute']:6.2f} sessions/min "
-              f"(same locations as B = 1: {row['same_locations']}, max |diff| {row['max_abs_difference']:.2e})")  # fmt: skip
+        print(
+            f"B = {b:2d}: {n} sessions in {seconds:7.1f} s = {row['sessions_per_minute']:6.2f} sessions/min "
+            f"(same locations as B = 1: {row['same_locations']}, max |diff| {row['max_abs_difference']:.2e})"
+        )
     best = max(rows, key=lambda r: r["sessions_per_minute"])
     result = {
         "preset": "cpu",

@@ -46,7 +46,8 @@ def test_batched_episodes_give_the_results_of_batch_one(toys, tmp_path):
     steps4, preds4, config4 = _results(db4)
     pd.testing.assert_frame_equal(steps1, steps4)
     pd.testing.assert_frame_equal(preds1, preds4)
-    assert len(steps1) == 3 * (1 + 2 * 3) and config4["batch_episodes"] == 2 and config1["batch_episodes"] == 1
+    assert len(steps1) == 3 * (1 + 2 * 3)
+    assert config4["batch_episodes"] == 2 and config1["batch_episodes"] == 1
     assert four.stdout.split("run ")[1].split(":")[1] == one.stdout.split("run ")[1].split(":")[1]
 
 
