@@ -445,3 +445,7 @@ class StoppingRule:
 
     def stop_on_eig(self, eig: torch.Tensor | None) -> bool:
         return self.eig_below is not None and eig is not None and float(eig.max()) < self.eig_below
+
+    def should_stop(self, entropy: float, eig: torch.Tensor | None = None) -> bool:
+        """Either criterion, for an external loop: ``rule.should_stop(proposal.entropy, proposal.eig)``."""
+        return self.stop_on_entropy(float(entropy)) or self.stop_on_eig(eig)

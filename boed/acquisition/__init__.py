@@ -25,8 +25,10 @@ from boed.acquisition.controller import (
     propose_batch,
 )
 from boed.acquisition.env import ScanEnv, run_episodes
+from boed.acquisition.log import AcquisitionLog
 
 __all__ = [
+    "AcquisitionLog",
     "Controller",
     "Decision",
     "Proposal",
