@@ -58,7 +58,7 @@ PRESETS: dict[str, DCGANConfig] = {
     "tiny": DCGANConfig(
         preset="tiny", image_size=32, width=4, latent_dim=16, steps=20, batch_size=8, search_iterations=4
     ),
-    "cpu": DCGANConfig(preset="cpu", image_size=64, steps=1000, batch_size=32),
+    "cpu": DCGANConfig(preset="cpu", image_size=64, width=8, steps=3000, batch_size=16),
     "paper": DCGANConfig(preset="paper", image_size=256, width=64, steps=50000, batch_size=64),
 }
 

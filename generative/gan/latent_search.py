@@ -71,7 +71,7 @@ def masked_gradients(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     At pixel ``i`` along one axis: the central difference ``(f[i+1] − f[i−1]) / 2`` when both
     neighbours are observed, the forward ``f[i+1] − f[i]`` when only the next one is, the backward
     ``f[i] − f[i−1]`` when only the previous one is, and 0 when neither is (outside the image counts
-    as missing). The stencil depends on ``mask`` only, so it is the same for ``G(z)`` and ``y``.
+    as missing) and at missing pixels. The stencil depends on ``mask`` only, so it is the same for ``G(z)`` and ``y``.
 
     Args:
         image: ``(..., H, W)``; mask ``(..., H, W)`` broadcastable to it, 1 = observed.
@@ -92,7 +92,8 @@ def masked_gradients(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
         backward = image - prv
         zero = torch.zeros_like(image)
         out.append(
-            torch.where(
+            (mask > 0)
+            * torch.where(
                 has_n & has_p, central, torch.where(has_n, forward, torch.where(has_p, backward, zero))
             )
         )
@@ -234,7 +235,9 @@ def latent_search(
             z.copy_(torch.where(done.unsqueeze(-1), before, z))  # frozen searches stay where they stopped
             ran += (~done).long()
             current = loss.detach()
-            improved = current < best - options.tol * best.abs()
+            improved = torch.isinf(best) | (
+                current < best - options.tol * best.abs().nan_to_num(0.0, 0.0, 0.0)
+            )
             best = torch.where(improved & ~done, current, best)
             since = torch.where(improved, torch.zeros_like(since), since + 1)
             if options.patience > 0:

@@ -77,7 +77,7 @@ PRESETS: dict[str, WGANConfig] = {
         n_critic=2,
         search_iterations=4,
     ),
-    "cpu": WGANConfig(preset="cpu", image_size=64, strided_stem=True, steps=600, batch_size=16),
+    "cpu": WGANConfig(preset="cpu", image_size=64, width=4, strided_stem=True, steps=3000, batch_size=16),
     "paper": WGANConfig(preset="paper", image_size=256, width=64, steps=250000, batch_size=64),
 }
 
