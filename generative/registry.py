@@ -83,6 +83,41 @@ SPECS: dict[str, SamplerSpec] = {
             shipped="aipo-phantom",
         ),
         SamplerSpec(
+            "pixelcnn-local",
+            "PixelCNN over a local causal zone (Burlin et al. 2017, §6.2), raster-order inpainting",
+            family="generative.pixelcnn_local:FAMILY",
+        ),
+        SamplerSpec(
+            "row-lstm",
+            "Row LSTM (van den Oord et al. 2016, §3.1), raster-order inpainting",
+            family="generative.pixel_rnn:ROW_LSTM",
+        ),
+        SamplerSpec(
+            "diagonal-bilstm",
+            "Diagonal BiLSTM (van den Oord et al. 2016, §3.2), raster-order inpainting",
+            family="generative.pixel_rnn:DIAGONAL_BILSTM",
+        ),
+        SamplerSpec(
+            "flattened-row-lstm",
+            "Flattened Row LSTM (Burlin et al. 2017, §6.3), raster-order inpainting",
+            family="generative.pixel_rnn:FLATTENED_ROW_LSTM",
+        ),
+        SamplerSpec(
+            "anp",
+            "Attentive Neural Process (Kim et al. 2019): pixel coordinates to intensities, a latent per completion",
+            family="generative.anp:FAMILY",
+        ),
+        SamplerSpec(
+            "pixel-constrained",
+            "Pixel Constrained CNN (Dupont & Suresha 2019): exact raster-order draws with likelihoods",
+            family="generative.pixel_constrained:FAMILY",
+        ),
+        SamplerSpec(
+            "conditional-pixelcnn",
+            "Conditional PixelCNN baseline (masked image as conditioning; tends to ignore it, §5.2)",
+            family="generative.pixel_constrained:FAMILY",
+        ),
+        SamplerSpec(
             "diffusion",
             "mask-conditioned DDPM (Ho et al. 2020) on cat([x_t, x*m, m]), DDIM sampling (Song et al. 2021)",
             family="generative.diffusion.family:FAMILY",
