@@ -73,7 +73,7 @@ def build_index(
 ) -> Path:
     """Save a retrieval index of ``images`` ``(M, 1, S, S)`` as the ``sampler`` checkpoint ``OUT``.
 
-    ``pca``: keep a K-component PCA (scikit-learn, randomised SVD seeded by ``seed``) for the
+    ``pca``: keep a K-component PCA (``torch.svd_lowrank``, randomised, seeded by ``seed``) for the
     proposal; ``log_prior`` ``(M,)``: entry weights (default uniform); ``data`` and ``meta``
     (e.g. ``trained_on``) go into the JSON.
     """
@@ -105,18 +105,19 @@ def build_index(
             raise SamplerError(
                 f"retrieval index: --pca must be an integer in [1, {min(m, d)}] (images, pixels)"
             )
-        from sklearn.decomposition import PCA
-
-        flat = tensors["images"].float().flatten(1).numpy()
-        fit = PCA(n_components=pca, svd_solver="randomized" if pca < min(m, d) else "full", random_state=seed)
-        codes = fit.fit_transform(flat)
-        recon = fit.inverse_transform(codes)
-        tensors |= {
-            "pca_mean": torch.from_numpy(fit.mean_).float(),
-            "pca_basis": torch.from_numpy(fit.components_).float(),
-            "pca_codes": torch.from_numpy(codes).float(),
-            "pca_residual": torch.tensor(float(((flat - recon) ** 2).mean())),
-        }
+        flat = tensors["images"].float().flatten(1)  # (M, D)
+        mean = flat.mean(0)
+        centred = flat - mean
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if pca + 10 < min(m, d):  # randomised SVD (Halko et al. 2011): torch.svd_lowrank
+                _, _, v = torch.svd_lowrank(centred, q=pca + 10, niter=4)
+                basis = v[:, :pca].T.contiguous()
+            else:
+                basis = torch.linalg.svd(centred, full_matrices=False).Vh[:pca].contiguous()
+        codes = centred @ basis.T  # (M, K)
+        residual = ((centred - codes @ basis) ** 2).mean()
+        tensors |= {"pca_mean": mean, "pca_basis": basis, "pca_codes": codes, "pca_residual": residual}
     config = {"image_size": size, "n_images": m, "pca": pca, "noise_std": float(noise_std), "shift": shift}
     fields = {
         "kind": "sampler",
