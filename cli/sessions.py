@@ -127,8 +127,8 @@ def show(
         info = Table.grid(padding=(0, 2))
         info.add_column(no_wrap=True)
         info.add_column(overflow="fold")  # long values (sha256, configs) wrap instead of being cut
-        fields = ("run_id", "status", "created_at", "finished_at", "sampler", "sampler_sha256", "classifier",
-                  "classifier_sha256", "seed", "code_version")  # fmt: skip
+        fields = ("run_id", "kind", "status", "created_at", "finished_at", "sampler", "sampler_sha256",
+                  "classifier", "classifier_sha256", "seed", "code_version")  # fmt: skip
         for name in fields:
             info.add_row(name, _fmt(getattr(record, name)))
         info.add_row("target", target.title)

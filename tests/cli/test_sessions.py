@@ -69,6 +69,7 @@ def test_show_run_prints_accuracy_by_scans(db):
     result = invoke("show", "--db", url)  # latest run
     assert result.exit_code == 0, result.output
     assert run_id in result.stdout and "accuracy by number of scans" in result.stdout
+    assert "kind" in result.stdout and "simulation" in result.stdout  # runs.kind (schema 0003)
     assert "1.000" in result.stdout and "0.000" in result.stdout
 
 
