@@ -18,17 +18,19 @@ their number (nats per missing pixel). Bits/dim in this module are per missing p
 
 Architecture sizes (appendix A): ``paper`` is A.2 (CelebA: 66 filters, restricted + 16 gated 5×5
 blocks, a 1023-channel 1×1 head; 17 residual 5×5 blocks) at the paper's 32×32 and 32 levels.
-``cpu`` (64×64 phantoms, what ships) is sized to train in ~15 minutes on one CPU thread: 32 levels
-as in the paper, 24 filters, restricted + 5 gated 5×5 blocks, and 6 residual 3×3 blocks whose
-dilations cycle 1, 2, 4 (a deviation: the paper's undilated 5×5 stack would need ~15 blocks for
-its receptive field to cover a 64×64 image; dilation covers it with 6).
+``cpu`` (64×64 phantoms, what ships) is sized for a shared 2-core CPU: 32 levels as in the paper,
+16 filters, restricted + 5 gated 3×3 blocks, and 5 residual 3×3 blocks whose dilations cycle 1, 2,
+4, 8 (a deviation: the paper's undilated 5×5 stack would need ~15 blocks for its receptive field to
+cover a 64×64 image; dilation covers it with 5), batch 8, Adam at 1e-3 (appendix B: 4e-4 for 50
+epochs; here a few hundred steps), 200 steps. ``tiny`` (tests) has the restricted block alone.
 
 **Conditional PixelCNN** (``model="conditional-pixelcnn"``, §3 and §5.2): the same Gated PixelCNN
 with the conditioning network's feature map ``s`` as the location-dependent conditioning of every
 gate (``tanh(W_f * x + V_f * s) ⊙ σ(W_g * x + V_g * s)``, van den Oord et al. 2016, Eq. 5); no
-conditional logits and no alpha term. It is the baseline whose completions ignore the observed
-pixels. Both are one family (one checkpoint format); ``config.model`` switches the wiring and the
-checkpoint records it, so a ``conditional-pixelcnn`` file is not run as ``pixel-constrained``.
+conditional logits and no alpha term: the baseline of §5.2, whose completions the paper found to
+ignore the observed pixels. Both are one family (one checkpoint format); ``config.model`` switches
+the wiring and the checkpoint records it, so a ``conditional-pixelcnn`` file is not run as
+``pixel-constrained``.
 
 **Training masks** (§4.3): blob masks (Algorithm 1, :func:`datasets.masks.blob_masks`; observed
 blobs) and their complements (hidden blobs) mixed with the AIPO observed squares and random
@@ -107,7 +109,7 @@ class PixelConstrainedConfig:
     alpha: float = 1.0  # weight of the conditional-logits term of Eq. 4
     blob_fraction: float = 0.5  # share of blob masks (observed or hidden blobs) in the training mix
     temperature: float = 1.0  # default sampling temperature
-    steps: int = 450
+    steps: int = 200
     batch_size: int = 8
     lr: float = 1e-3  # appendix B has 4e-4 for 50 epochs; the CPU budget allows a few hundred steps
     grad_clip: float | None = 100.0
@@ -138,7 +140,7 @@ PRESETS = {
         image_size=32,
         levels=8,
         prior_channels=8,
-        prior_layers=1,
+        prior_layers=0,  # the restricted block alone: the contract samples it many times
         prior_kernel=3,
         cond_channels=8,
         cond_blocks=2,

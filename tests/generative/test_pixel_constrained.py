@@ -277,3 +277,44 @@ def test_checkpoint_kinds_are_not_mixed(tmp_path):
         FAMILY.kind(FAMILY.for_name(FAMILY.config("tiny"), "conditional-pixelcnn"), "x")
         == "conditional-pixelcnn"
     )
+
+
+# -- the shipped checkpoint -------------------------------------------------------------------------------
+def _shipped():
+    from boed.runtime.checkpoints import checkpoint_paths
+    from generative.registry import shipped_checkpoint
+
+    try:
+        path = shipped_checkpoint("cpu", "pixel-constrained")
+    except SamplerError:
+        pytest.skip("pixel-constrained has no shipped checkpoint")
+    if not checkpoint_paths(path)[1].is_file():
+        pytest.skip("no shipped pixel-constrained checkpoint")
+    return path, checkpoint_paths(path)
+
+
+def test_shipped_checkpoint_is_small_and_described():
+    from boed.runtime.checkpoints import read_meta
+
+    path, (weights, _) = _shipped()
+    assert weights.stat().st_size <= 4 * 2**20
+    meta = read_meta(path)
+    assert meta["sampler"] == "pixel-constrained" and meta["image_size"] == 64
+    assert meta["data"]["train"]["source"] == "phantoms"
+    assert "train-sampler" in meta["training"]["command"]
+    assert meta["metrics"]["val_bpd"] < 3.0  # 5 bits is a uniform guess over 32 levels
+
+
+def test_shipped_sampler_completes_a_phantom():
+    from datasets.phantoms import generate_phantoms
+    from generative.registry import build_sampler
+
+    _shipped()
+    sampler = build_sampler("pixel-constrained")
+    x = generate_phantoms(1, 64, seed=5).images
+    mask = torch.ones_like(x)
+    mask[..., 30:34, 10:54] = 0  # a thin strip: few pixels to draw
+    out = sampler.sample(x * mask, mask, 2, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 1, 1, 64, 64) and out.info["log_likelihood"].shape == (2, 1)
+    assert torch.equal(out.images[mask.bool().expand(2, 1, 1, 64, 64)], x[mask.bool()].repeat(2))
+    assert (out.images - x).abs().sum() / (2 * (1 - mask).sum()) < 0.2  # an untrained model: ~0.35
