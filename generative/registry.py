@@ -111,6 +111,7 @@ SPECS: dict[str, SamplerSpec] = {
             "pixel-constrained",
             "Pixel Constrained CNN (Dupont & Suresha 2019): exact raster-order draws with likelihoods",
             family="generative.pixel_constrained:FAMILY",
+            shipped="pixel-constrained-phantom",
         ),
         SamplerSpec(
             "conditional-pixelcnn",
