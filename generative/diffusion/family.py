@@ -24,7 +24,13 @@ from pathlib import Path
 
 import torch
 
-from generative.diffusion.model import PRESETS, DiffusionConfig, DiffusionModel, from_model_range, to_model_range
+from generative.diffusion.model import (
+    PRESETS,
+    DiffusionConfig,
+    DiffusionModel,
+    from_model_range,
+    to_model_range,
+)
 from generative.diffusion.sampling import ddim_inpaint, repaint, repaint_calls
 from generative.errors import SamplerError
 from generative.family import SamplerBase, SamplerFamily, reject_options
@@ -52,7 +58,8 @@ class _DiffusionSamplerBase(SamplerBase):
         steps = _positive_int(name, "steps", steps)
         if steps > model.config.timesteps:
             raise SamplerError(
-                f"sampler {name!r}: steps must be at most {model.config.timesteps} (the model's timesteps), got {steps}"
+                f"sampler {name!r}: steps must be at most {model.config.timesteps} "
+                f"(the model's timesteps), got {steps}"
             )
         self.steps = steps
         self.clip = 1.0 if model.config.clip_x0 else None
@@ -96,7 +103,9 @@ class DiffusionSampler(_DiffusionSamplerBase):
 class RePaintSampler(_DiffusionSamplerBase):
     """``repaint``: RePaint on the unconditional model (Lugmayr et al. 2022, Algorithm 1)."""
 
-    def __init__(self, model, *, name, sha256, meta, steps: int, jump_length: int, jump_n_sample: int, eta: float):
+    def __init__(
+        self, model, *, name, sha256, meta, steps: int, jump_length: int, jump_n_sample: int, eta: float
+    ):
         super().__init__(model, name=name, sha256=sha256, meta=meta, steps=steps)
         self.jump_length = _positive_int(name, "jump_length", jump_length)
         self.jump_n_sample = _positive_int(name, "jump_n_sample", jump_n_sample)
@@ -164,11 +173,23 @@ class DiffusionFamily(SamplerFamily):
         ]
 
     def make_sampler(
-        self, model: DiffusionModel, *, name, sha256, meta, steps=None, eta=None, jump_length=None, jump_n_sample=None, **options
+        self,
+        model: DiffusionModel,
+        *,
+        name,
+        sha256,
+        meta,
+        steps=None,
+        eta=None,
+        jump_length=None,
+        jump_n_sample=None,
+        **options,
     ):
         c = model.config
         if name == "diffusion":
-            reject_options(name, options | {"jump_length": jump_length, "jump_n_sample": jump_n_sample}, ("steps", "eta"))
+            reject_options(
+                name, options | {"jump_length": jump_length, "jump_n_sample": jump_n_sample}, ("steps", "eta")
+            )
             return DiffusionSampler(
                 model,
                 name=name,

@@ -144,7 +144,9 @@ def ddim_step(
     return x_s, x0
 
 
-def forward_jump(x_s: torch.Tensor, alpha_bar_s: torch.Tensor, alpha_bar_u: torch.Tensor, noise: torch.Tensor):
+def forward_jump(
+    x_s: torch.Tensor, alpha_bar_s: torch.Tensor, alpha_bar_u: torch.Tensor, noise: torch.Tensor
+):
     """A draw of q(x_u | x_s) = N(√(ᾱ_u/ᾱ_s) x_s, (1 − ᾱ_u/ᾱ_s) I) for u after s (RePaint Alg. 1, line 9)."""
     ratio = _bcast(torch.as_tensor(alpha_bar_u) / torch.as_tensor(alpha_bar_s), x_s)
     return ratio.sqrt() * x_s + (1 - ratio).sqrt() * noise
@@ -175,7 +177,8 @@ def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[i
     """
     if steps < 1 or jump_length < 1 or jump_n_sample < 1:
         raise ValueError(
-            f"RePaint needs steps, jump_length and jump_n_sample ≥ 1, got {steps}, {jump_length}, {jump_n_sample}"
+            "RePaint needs steps, jump_length and jump_n_sample ≥ 1, "
+            f"got {steps}, {jump_length}, {jump_n_sample}"
         )
     jumps = {p: jump_n_sample - 1 for p in range(0, steps - jump_length, jump_length)}
     path, k = [steps], steps

@@ -15,7 +15,7 @@ them for 32, 64 and 256 px); GroupNorm uses at most 8 groups so that narrow test
 output after the last (pixel unshuffle / shuffle, Shi et al., "Real-Time Single Image and Video
 Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", 2016): the network
 then runs at S/p px, which cuts the cost of the full-resolution stage by ~p² (the ``cpu`` preset
-uses p = 2 so that it trains on a shared CPU; ``paper`` uses p = 1, the DDPM network).
+uses p = 4 so that it trains on a shared CPU; ``paper`` uses p = 1, the DDPM network).
 
 Shapes: ``forward(x (B, C_in, S, S), t (B,) long or float) -> (B, C_out, S, S)``.
 """
@@ -123,10 +123,16 @@ class UNet(nn.Module):
                 f"({len(channel_mult)} resolutions)"
             )
         self.patch = patch
-        in_channels, out_channels, image_size = in_channels * patch**2, out_channels * patch**2, image_size // patch
+        in_channels, out_channels, image_size = (
+            in_channels * patch**2,
+            out_channels * patch**2,
+            image_size // patch,
+        )
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
-        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -150,12 +156,20 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
                 out = base_channels * mult
-                self.up.append(self._stage(ch + skips.pop(), out, emb_dim, dropout, size in attention_resolutions))
+                self.up.append(
+                    self._stage(ch + skips.pop(), out, emb_dim, dropout, size in attention_resolutions)
+                )
                 ch = out
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)
+                    )
+                )
                 size *= 2
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1))
+        )
 
     @staticmethod
     def _stage(in_ch: int, out_ch: int, emb_dim: int, dropout: float, attention: bool) -> nn.ModuleList:
