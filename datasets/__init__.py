@@ -13,6 +13,12 @@ Sources, all behind :func:`open_dataset`:
 - ``"chestxray"``: ChestX-ray14 when a data root is given (argument or ``BOED_DATA_ROOT``), else
   the phantoms.
 
+``"phantoms"`` is generator version v1 (the shipped checkpoints were trained on it); the versioned
+names :data:`PHANTOM_SOURCES` pick a version explicitly: ``"phantoms-v1"`` (the same images) and
+``"phantoms-v2"`` (graded difficulty, ChestX-ray14 prevalences and co-occurrence, optional label
+noise; see :mod:`datasets.phantoms`). They describe themselves as source ``"phantoms"`` with the
+version in ``describe()["version"]`` and in the fingerprint.
+
 Every dataset's ``describe()`` names its source, a fingerprint of the collection, the split and
 the split seed (:data:`datasets.base.DESCRIBE_KEYS`); :mod:`datasets.provenance` tells whether data
 may hold images a checkpoint was trained on, or is another source than its training data. File
@@ -38,10 +44,13 @@ __all__ = [
     "FINDINGS",
     "IMAGE_SOURCES",
     "LABELS",
+    "PHANTOM_SOURCES",
     "open_dataset",
 ]
 
 IMAGE_SOURCES = ("chestxray", "phantoms", "nih", "dicom", "folder")
+PHANTOM_SOURCES = {"phantoms-v1": "v1", "phantoms-v2": "v2"}
+"""Versioned names of the phantom source (accepted wherever an image source is): name -> version."""
 DATA_ROOT_ENV = "BOED_DATA_ROOT"
 DEFAULT_SPLIT_SEED = 0
 """The split seed of file sources unless one is given: a constant, never the run's seed."""
@@ -59,15 +68,16 @@ def open_dataset(
     seed: int = 0,
     split_seed: int = DEFAULT_SPLIT_SEED,
     skip_bad: bool = False,
-    prevalence: float = 0.5,
+    prevalence: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_symlinks: bool = False,
     allow_modalities: tuple[str, ...] | list[str] = (),
+    label_noise: float = 0.0,
 ) -> ImageDataset:
     """Open an image source as an :class:`~datasets.base.ImageDataset`.
 
     Args:
-        images: one of :data:`IMAGE_SOURCES`.
+        images: one of :data:`IMAGE_SOURCES` or :data:`PHANTOM_SOURCES`.
         split: "train", "val" or "test" ("all" for file sources: every image).
         size: side of the square images returned (file images are centre-cropped and resized).
         n: number of images (phantoms: default 2,000/500/500; files: a seeded subset, default all).
@@ -79,21 +89,36 @@ def open_dataset(
             val part). Phantoms have none: each ``(seed, split)`` is its own generator stream.
         skip_bad: skip (and list in ``ds.skipped``) bad files and label rows instead of raising;
             also files that fail only when decoded (see :mod:`datasets.folder`).
-        prevalence: phantoms only: fraction of images with at least one finding.
+        prevalence: phantoms only: fraction of images with at least one finding (default: the
+            version's, 0.5 for v1, ChestX-ray14's 0.4616 for v2).
         max_pixels: file sources: the largest declared image size decoded (pixels, all frames and
             samples; default :data:`DEFAULT_MAX_PIXELS`), checked from the header before decoding.
         allow_symlinks: file sources: follow symbolic links that point out of the data root
             (refused by default).
         allow_modalities: DICOM: modalities besides CR and DX to read anyway (with a warning),
             e.g. ``("MG",)``.
+        label_noise: phantoms v2 only: probability that each finding label is flipped (default 0).
 
     Raises:
         DatasetError: unknown source, missing data root, or bad input (names the file and reason).
     """
     from datasets.errors import DatasetError
 
+    if images in PHANTOM_SOURCES:
+        from datasets.phantoms import PhantomDataset
+
+        return PhantomDataset(
+            split=split,
+            size=size,
+            n=n,
+            seed=seed,
+            prevalence=prevalence,
+            version=PHANTOM_SOURCES[images],
+            label_noise=label_noise,
+        )
     if images not in IMAGE_SOURCES:
-        raise DatasetError(f"unknown image source {images!r}; valid: {', '.join(IMAGE_SOURCES)}")
+        valid = ", ".join((*IMAGE_SOURCES, *PHANTOM_SOURCES))
+        raise DatasetError(f"unknown image source {images!r}; valid: {valid}")
     if data_root is None and images in ("chestxray", "nih"):
         data_root = os.environ.get(DATA_ROOT_ENV) or None
     if images == "chestxray":
@@ -101,7 +126,9 @@ def open_dataset(
     if images == "phantoms":
         from datasets.phantoms import PhantomDataset
 
-        return PhantomDataset(split=split, size=size, n=n, seed=seed, prevalence=prevalence)
+        return PhantomDataset(
+            split=split, size=size, n=n, seed=seed, prevalence=prevalence, label_noise=label_noise
+        )
     if data_root is None:
         raise DatasetError(f"--images {images} needs a data root (--data-root PATH or ${DATA_ROOT_ENV})")
     common = dict(

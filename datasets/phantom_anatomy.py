@@ -34,7 +34,13 @@ def _sig(x: torch.Tensor) -> torch.Tensor:
 
 
 class AnatomyMixin:
-    """The anatomy part of a block of phantoms: random draws, geometry and rendering."""
+    """The anatomy part of a block of phantoms: random draws, geometry and rendering.
+
+    ``V2`` (a class attribute) switches on the v2 variations of :meth:`_draw_patient_v2` in
+    :meth:`render`; with it off every operation is v1's, in v1's order (bit-identical images).
+    """
+
+    V2 = False
 
     # -- random helpers (every draw is of a size-independent shape, so size changes only pixels) --
     def U(self, lo: float, hi: float, *shape: int) -> torch.Tensor:
@@ -72,6 +78,41 @@ class AnatomyMixin:
         self.texture_lo = self.noise_field(6)
         self.texture_mid = self.noise_field(16)
 
+    def _draw_patient_v2(self) -> None:
+        """v2: v1's draws, then wider anatomical and exposure variation and what v1 lacks.
+
+        Body habitus (soft-tissue thickness, body width), lung and heart size and position, a
+        rotation of up to +-8 degrees, irregular rib spacing and thickness, bone density,
+        exposure (contrast, gamma, a white point above the densest tissue so that heart, spine
+        and abdomen never saturate, scatter fog, an exposure gradient across the film), quantum
+        noise and a fine parenchymal texture that looks like small nodules.
+        """
+        self._draw_patient()
+        U = self.U
+        self.scale = U(0.84, 1.08)
+        self.tx, self.ty = U(-0.08, 0.08), U(-0.05, 0.12)
+        self.rot = U(-0.14, 0.14)
+        self.body_w = U(0.74, 1.0)
+        self.lung_w = U(0.86, 1.08)
+        self.apex = U(-0.82, -0.66)
+        self.vd = U(0.50, 0.76)
+        self.dome_h = U(0.08, 0.20)
+        self.right_up = U(0.0, 0.09)
+        self.heart_u = U(0.02, 0.11)
+        self.heart_h = U(0.25, 0.34)
+        self.rib_phase = U(-0.05, 0.05)
+        self.soft = U(0.8, 1.35)  # soft-tissue thickness (habitus)
+        self.bone = U(0.7, 1.3)  # bone density
+        self.rib_jitter = U(-0.02, 0.02, 2, 10)  # per side and rib: irregular spacing
+        self.rib_thick = U(0.8, 1.3)
+        self.contrast = U(1.5, 3.0)
+        self.gamma = U(0.75, 1.35)
+        self.noise_sd = U(0.012, 0.035)
+        self.white = U(1.3, 1.5)  # attenuation shown white: above the densest tissue
+        self.fog = U(0.0, 0.08)  # scatter lifts the blacks
+        self.gradient = U(-0.06, 0.06, 1, 2)  # exposure gradient across the film (x, y)
+        self.texture_fine = self.noise_field(32)
+
     # -- geometry ---------------------------------------------------------------------------------
     def _body_coords(self) -> tuple[torch.Tensor, torch.Tensor]:
         lin = (torch.arange(self.S, dtype=torch.float32) + 0.5) / self.S * 2 - 1
@@ -87,9 +128,11 @@ class AnatomyMixin:
         vd = self.vd - self.right_up * (torch.as_tensor(side) < 0).float()
         return vd - self.dome_h * (1 - ((a - 0.40) / 0.42) ** 2).clamp(min=-0.3)
 
-    def lung(self, side, u, v, shrink=None, centre=None) -> torch.Tensor:
+    def lung(self, side, u, v, shrink=None, centre=None, recess=None) -> torch.Tensor:
         """Soft mask of the lung on ``side`` at body points ``(u, v)``; optionally the lung shrunk
-        by factor ``shrink`` towards ``centre`` (used for rims along the pleura)."""
+        by factor ``shrink`` towards ``centre`` (used for rims along the pleura), or reaching
+        ``recess`` below the dome (the posterior costophrenic recess, hidden behind the diaphragm
+        on a frontal film; v2 places findings there)."""
         if shrink is not None:
             cu, cv = centre
             u = cu + (u - cu) / shrink
@@ -99,12 +142,10 @@ class AnatomyMixin:
         top = self.apex + 3.2 * (a - 0.38 * self.lung_w) ** 2
         lateral = self.lung_w * (0.72 + 0.07 * v)
         medial = 0.11 + 0.03 * v
-        return (
-            _sig((v - top) / w)
-            * _sig((lateral - a) / w)
-            * _sig((a - medial) / w)
-            * _sig((self.dome(side, a) - v) / w)
-        )
+        dome = self.dome(side, a)
+        if recess is not None:
+            dome = dome + recess
+        return _sig((v - top) / w) * _sig((lateral - a) / w) * _sig((a - medial) / w) * _sig((dome - v) / w)
 
     def heart(self, u, v) -> torch.Tensor:
         du = u - self.heart_u
@@ -122,6 +163,8 @@ class AnatomyMixin:
         """
         p = self.fp[name]
         side = p["side"]
+        if self.V2:
+            return self._point_v2(name, vlo, vhi, alo, ahi, margin)
         a = alo + (ahi - alo) * p["a"]
         v = vlo + (vhi - vlo) * p["v"]
         u = side * a
@@ -129,6 +172,29 @@ class AnatomyMixin:
         for du, dv in ((0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)):
             ok &= self.lung(side, u + du, v + dv) > 0.5
         ok &= self.heart(u, v) < 0.3
+        return self._first_candidate(side, u, v, ok)
+
+    def _point_v2(self, name: str, vlo: float, vhi: float, alo: float, ahi: float, margin: float):
+        """v2: as v1 for findings drawn visible; an *occluded* finding (``fp[name]["occluded"]``)
+        is centred behind the heart or in the posterior recess below the dome (candidates from a
+        box reaching further down and in; kept when the lung, recess included, is there ``margin``
+        away in four directions and the point is behind the heart or under the dome)."""
+        p = self.fp[name]
+        side, occ = p["side"], p["occluded"]
+        a = torch.where(occ, 0.10 + (ahi - 0.10) * p["a"], alo + (ahi - alo) * p["a"])
+        v = torch.where(occ, vlo + (vhi + 0.35 - vlo) * p["v"], vlo + (vhi - vlo) * p["v"])
+        u = side * a
+        recess = torch.where(occ, 0.12, 0.0)
+        ok = torch.ones_like(a, dtype=torch.bool)
+        for du, dv in ((0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)):
+            ok &= self.lung(side, u + du, v + dv, recess=recess) > 0.5
+        heart = self.heart(u, v)
+        hidden = (heart > 0.5) | (v > self.dome(side, a))
+        ok &= torch.where(occ, hidden, heart < 0.3)
+        return self._first_candidate(side, u, v, ok)
+
+    @staticmethod
+    def _first_candidate(side, u, v, ok):
         first = torch.where(ok.any(-1), ok.float().argmax(-1), torch.zeros_like(ok[..., 0], dtype=torch.long))
         pick = first[..., None]
         uu = torch.gather(u, -1, pick)
@@ -152,6 +218,8 @@ class AnatomyMixin:
         body = _sig((half - u.abs()) / w)
         thick = torch.sqrt((1 - (u / half) ** 2).clamp(min=0.0)) * body
         att = 0.30 * body + 0.30 * thick
+        if self.V2:
+            att = att * self.soft
 
         lungs = [self.lung(s, u, v) for s in (-1.0, 1.0)]
         lung = lungs[0] + lungs[1]
@@ -181,7 +249,7 @@ class AnatomyMixin:
         bones = bones + 0.16 * spine * vert
         # posterior ribs: arcs from the spine, rising slightly then sweeping down laterally
         spacing = 0.118 + 0.05 * (self.vd - 0.55)
-        for side in (-1.0, 1.0):
+        for si, side in enumerate((-1.0, 1.0)):
             rs, cs = self._window(side, 0.0, 1.0, -1.0, 1.0)
             us, vs = u[:, rs, cs], v[:, rs, cs]
             a = side * us
@@ -190,7 +258,11 @@ class AnatomyMixin:
             arc = 0.85 * (a - 0.22) ** 2 - 0.03
             for k in range(10):
                 thick_r = 0.026 + 0.0015 * k
-                d = (vs - arc - (-0.78 + self.rib_phase + k * spacing)).abs()
+                level = -0.78 + self.rib_phase + k * spacing
+                if self.V2:
+                    thick_r = thick_r * self.rib_thick
+                    level = level + self.rib_jitter[:, si, k, None, None]
+                d = (vs - arc - level).abs()
                 rib = _sig((thick_r - d) / (w * 0.6)) * (0.7 + 0.3 * (d / thick_r).clamp(max=1) ** 2)
                 ribs = torch.maximum(ribs, rib)
             bones[:, rs, cs] = torch.maximum(bones[:, rs, cs], 0.11 * ribs * extent)
@@ -202,7 +274,7 @@ class AnatomyMixin:
                 _sig((0.034 - (v - centre).abs()) / (w * 0.7)) * _sig((a - 0.06) / w) * _sig((0.66 - a) / w)
             )
             bones = bones + 0.22 * clav
-        att = att + bones * body
+        att = att + (bones * body * self.bone if self.V2 else bones * body)
 
         # lung markings: tapered vessels branching from each hilum, fading to the periphery
         vessels = torch.zeros_like(att)
@@ -241,6 +313,10 @@ class AnatomyMixin:
                     local = torch.maximum(local, seg)
             vessels[:, rs, cs] = torch.maximum(vessels[:, rs, cs], local)
         self._maps = {"u": u, "v": v, "air": air, "lung": lung, "heart": heart, "vessels": vessels}
+        if self.V2:  # findings may lie in the posterior recess behind the diaphragm
+            self._maps["lung"] = (
+                self.lung(-1.0, u, v, recess=0.12) + self.lung(1.0, u, v, recess=0.12)
+            ).clamp(max=1)
 
         # findings
         add, vessel_keep = torch.zeros_like(att), torch.ones_like(att)
@@ -250,6 +326,9 @@ class AnatomyMixin:
             if idx.numel() == 0:
                 continue
             delta, keep, foot = getattr(self, "_f_" + name.lower())(idx)
+            if self.V2:  # graded severity: a fraction of v1's density change and of its masking
+                sev = self.severity[idx, j, None, None]
+                delta, keep = delta * sev, 1 - sev * (1 - keep)
             add[idx] += delta
             vessel_keep[idx] *= keep
             footprints[name] = (idx, foot)
@@ -257,9 +336,19 @@ class AnatomyMixin:
 
         # texture and film response
         tex = 0.025 * self._up(self.texture_lo) + 0.012 * self._up(self.texture_mid)
+        if self.V2:
+            tex = tex * 1.3 + 0.022 * self._up(self.texture_fine) * air
         att = att + tex * body
         img = 1 - torch.exp(-self.contrast * att.clamp(min=0))
-        img = img / (1 - torch.exp(-self.contrast * 0.75))
+        if self.V2:
+            img = img / (1 - torch.exp(-self.contrast * self.white))
+            lin = (torch.arange(S, dtype=torch.float32) + 0.5) / S * 2 - 1
+            ramp = (
+                1 + self.gradient[..., :1] * lin[None, None, :] + self.gradient[..., 1:] * lin[None, :, None]
+            )
+            img = (self.fog + (1 - self.fog) * img) * ramp
+        else:
+            img = img / (1 - torch.exp(-self.contrast * 0.75))
         img = img.clamp(0, 1) ** self.gamma
         noise = torch.stack(
             [torch.randn(S, S, generator=torch.Generator().manual_seed(int(k))) for k in self.noise_seed]
@@ -268,8 +357,9 @@ class AnatomyMixin:
         img = (img + noise).clamp(0, 1)
 
         labels = torch.zeros(m, len(LABELS))
-        labels[:, : len(FINDINGS)] = self.present.float()
-        labels[:, -1] = self.present.any(1).float()
+        observed = self.observed if self.V2 else self.present  # v2: with label noise
+        labels[:, : len(FINDINGS)] = observed.float()
+        labels[:, -1] = observed.any(1).float()
         findings: list[list[Finding]] = [[] for _ in range(m)]
         for name, (idx, foot) in footprints.items():
             for i, box in zip(idx.tolist(), _bboxes(foot), strict=True):

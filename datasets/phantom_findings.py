@@ -339,3 +339,226 @@ def _bboxes(foot: torch.Tensor, threshold: float = 0.3) -> list[tuple[int, int, 
         rr, cc = ar[r], ar[c]
         out.append((int(rr[0]), int(cc[0]), int(rr[-1]) + 1, int(cc[-1]) + 1))
     return out
+
+
+# -- version 2: ChestX-ray14 prevalences, co-occurrence, graded and occluded findings ---------------
+NIH_IMAGES = 112_120
+"""Images in NIH ChestX-ray14 (``Data_Entry_2017.csv``; Wang et al., "ChestX-ray8: Hospital-scale
+Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and Localization of Common
+Thorax Diseases", CVPR 2017, extended to 14 labels in the dataset's 2017 release)."""
+
+NIH_COUNTS: dict[str, int] = {
+    "Atelectasis": 11_559,
+    "Cardiomegaly": 2_776,
+    "Effusion": 13_317,
+    "Infiltration": 19_894,
+    "Mass": 5_782,
+    "Nodule": 6_331,
+    "Pneumonia": 1_431,
+    "Pneumothorax": 5_302,
+    "Consolidation": 4_667,
+    "Edema": 2_303,
+    "Emphysema": 2_516,
+    "Fibrosis": 1_686,
+    "Pleural_Thickening": 3_385,
+    "Hernia": 227,
+}
+"""Images with each label among the :data:`NIH_IMAGES` (``Data_Entry_2017.csv``, 60,361 images
+"No Finding"; the same counts are tabulated, e.g., in Table 1 of "Summary of the dataset",
+J. Digit. Imaging 36(4), 2023, doi:10.1007/s10278-023-00801-4)."""
+
+NIH_NO_FINDING = 60_361
+NIH_ANY = (NIH_IMAGES - NIH_NO_FINDING) / NIH_IMAGES  # 0.4616: images with at least one label
+
+NIH_LABELS_PER_IMAGE = (30_963, 14_306, 4_359, 2_131)
+"""Positive images with 1, 2, 3 and 4 labels. 1 and 2 are ChestX-ray14's (30,963 and 14,306,
+ibid.); its 6,490 images with 3 or more are split into 3 and 4 so that the mean number of labels
+per positive image is the dataset's, 81,176 / 51,759 = 1.568 (the v2 generator draws at most 4)."""
+
+V2_AFFINITY: dict[tuple[str, str], float] = {
+    ("Atelectasis", "Effusion"): 4.0,
+    ("Cardiomegaly", "Effusion"): 4.0,
+    ("Edema", "Effusion"): 4.0,
+    ("Infiltration", "Pneumonia"): 4.0,
+    ("Consolidation", "Pneumonia"): 4.0,
+    ("Mass", "Nodule"): 4.0,
+    ("Atelectasis", "Consolidation"): 3.0,
+    ("Consolidation", "Effusion"): 3.0,
+    ("Cardiomegaly", "Edema"): 3.0,
+    ("Emphysema", "Pneumothorax"): 3.0,
+    ("Fibrosis", "Pleural_Thickening"): 3.0,
+    ("Atelectasis", "Infiltration"): 2.0,
+    ("Effusion", "Infiltration"): 2.0,
+    ("Edema", "Infiltration"): 2.0,
+    ("Consolidation", "Infiltration"): 2.0,
+    ("Effusion", "Mass"): 1.5,
+    ("Atelectasis", "Pneumothorax"): 1.5,
+}
+"""Co-occurrence affinities of the v2 label model (symmetric; 1 for pairs not listed): once a
+finding is drawn, the weight of each partner is multiplied by its affinity. The pairs are the
+clinical associations among ChestX-ray14's most frequent label pairs (effusion with atelectasis,
+cardiomegaly and edema: heart failure; infiltration, consolidation and pneumonia: airspace
+disease; mass with nodule; emphysema with pneumothorax; fibrosis with pleural thickening); the
+factors are chosen, not fitted (the dataset's pair counts are not reproduced here)."""
+
+
+def _affinity_matrix(pairs: dict[tuple[str, str], float] | None = None) -> np.ndarray:
+    k = len(FINDINGS)
+    a = np.ones((k, k))
+    for (x, y), f in (V2_AFFINITY if pairs is None else pairs).items():
+        i, j = FINDINGS.index(x), FINDINGS.index(y)
+        a[i, j] = a[j, i] = f
+    np.fill_diagonal(a, 0.0)  # no finding twice
+    return a
+
+
+def _sequences(k: int, length: int) -> np.ndarray:
+    """All ordered sequences of ``length`` distinct indices below ``k``: ``(n, length)``."""
+    import itertools
+
+    return np.array(list(itertools.permutations(range(k), length)), dtype=np.int64).reshape(-1, length)
+
+
+def _sequence_probs(weights: np.ndarray, affinity: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Probability of each ordered draw ``seq`` ``(n, L)`` under sequential sampling without
+    replacement with weights ``weights * prod(affinity[already drawn])``."""
+    n, length = seq.shape
+    w = np.broadcast_to(weights, (n, len(weights))).copy()
+    p = np.ones(n)
+    for t in range(length):
+        pick = seq[:, t]
+        p *= w[np.arange(n), pick] / w.sum(1)
+        w *= affinity[pick]
+    return p
+
+
+def _set_membership(seq_probs: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-finding and per-pair probability of being in the drawn set, given the sequences and
+    their probabilities (each already weighted by the probability of its length)."""
+    single, pair = np.zeros(k), np.zeros((k, k))
+    for seq, p in seq_probs:
+        onehot = np.zeros((len(seq), k))
+        np.put_along_axis(onehot, seq, 1.0, axis=1)
+        single += p @ onehot
+        pair += (onehot * p[:, None]).T @ onehot
+    return single, pair
+
+
+class LabelModel(NamedTuple):
+    """The calibrated v2 label model: ``weights`` (14,) base weights of the sequential draw,
+    ``count_probs`` (4,) of 1-4 findings in a positive image, ``affinity`` (14, 14); ``marginal``
+    (14,) and ``pair`` (14, 14) are the exact probabilities, *given a positive image*, that a finding
+    (a pair of findings) is present."""
+
+    weights: np.ndarray
+    count_probs: np.ndarray
+    affinity: np.ndarray
+    marginal: np.ndarray
+    pair: np.ndarray
+
+
+_LABEL_MODEL: LabelModel | None = None
+
+
+def label_model(affinity: dict[tuple[str, str], float] | None = None) -> LabelModel:
+    """Base weights calibrated so that each finding's frequency among positive images is
+    ChestX-ray14's (``NIH_COUNTS[f] / (NIH_IMAGES - NIH_NO_FINDING)``), by the fixed point
+    ``w <- w * target / marginal`` on the exact marginals (all 26,404 ordered draws of 1-4 of the
+    14 findings are enumerated). ``affinity``: other pairs than :data:`V2_AFFINITY` (``{}``: no
+    co-occurrence beyond sharing a positive image), for comparisons. The default model is
+    computed once (under a second)."""
+    global _LABEL_MODEL
+    if affinity is None and _LABEL_MODEL is not None:
+        return _LABEL_MODEL
+    k = len(FINDINGS)
+    counts = np.array(NIH_LABELS_PER_IMAGE, dtype=np.float64)
+    count_probs = counts / counts.sum()
+    target = np.array([NIH_COUNTS[f] for f in FINDINGS], dtype=np.float64) / (NIH_IMAGES - NIH_NO_FINDING)
+    matrix = _affinity_matrix(affinity)
+    seqs = [_sequences(k, length) for length in range(1, len(count_probs) + 1)]
+    w = target / target.sum()
+    for _ in range(100):
+        probs = [(s, cp * _sequence_probs(w, matrix, s)) for s, cp in zip(seqs, count_probs, strict=True)]
+        marginal, pair = _set_membership(probs, k)
+        if np.abs(marginal / target - 1).max() < 1e-5:
+            break
+        w = w * target / marginal
+        w = w / w.sum()
+    else:  # pragma: no cover - the constants above converge in about 10 steps
+        raise RuntimeError("the v2 label model did not calibrate")
+    model = LabelModel(w, count_probs, matrix, marginal, pair)
+    if affinity is None:
+        _LABEL_MODEL = model
+    return model
+
+
+V2_OCCLUDABLE = ("Atelectasis", "Infiltration", "Mass", "Nodule", "Pneumonia", "Consolidation")
+"""Findings that v2 may place behind the heart or in the posterior costophrenic recess below the
+diaphragm dome (``V2_P_OCCLUDED`` of the time)."""
+V2_P_OCCLUDED = 0.3
+
+V2_CONTRAST: dict[str, tuple[float, float]] = {
+    "Atelectasis": (0.25, 0.9),
+    "Cardiomegaly": (1.0, 1.0),  # its sign is the heart's size, not a density
+    "Effusion": (0.25, 0.8),
+    "Infiltration": (0.3, 1.0),
+    "Mass": (0.2, 0.7),
+    "Nodule": (0.3, 0.9),
+    "Pneumonia": (0.25, 0.9),
+    "Pneumothorax": (0.3, 1.0),
+    "Consolidation": (0.2, 0.8),
+    "Edema": (0.3, 1.0),
+    "Emphysema": (0.3, 1.0),
+    "Fibrosis": (0.3, 1.0),
+    "Pleural_Thickening": (0.2, 0.7),
+    "Hernia": (0.3, 1.0),
+}
+"""Severity range of each finding in v2: its attenuation change (and how much of the lung
+markings it hides) is v1's times a severity drawn uniformly in this range, per image."""
+
+V2_HEART_W = ((0.33, 0.50), (0.46, 0.62))
+"""Heart half-width (body units) of normal hearts and of Cardiomegaly in v2: the ranges overlap
+(v1: 0.36-0.43 against 0.56-0.64, separable by eye)."""
+
+
+class FindingsV2Mixin:
+    """The v2 draws of the findings; the shapes are v1's (:class:`FindingsMixin`)."""
+
+    def _draw_findings_v2(self) -> None:
+        m, g, k = self.m, self.g, len(FINDINGS)
+        model = label_model()
+        positive = torch.rand(m, generator=g) < self.prevalence
+        count = 1 + torch.searchsorted(
+            torch.tensor(np.cumsum(model.count_probs)[:-1], dtype=torch.float32),
+            torch.rand(m, generator=g),
+            right=True,
+        )
+        affinity = torch.tensor(model.affinity, dtype=torch.float64)
+        w = torch.tensor(model.weights, dtype=torch.float64).expand(m, -1).clone()
+        present = torch.zeros(m, k, dtype=torch.bool)
+        for j in range(len(model.count_probs)):
+            pick = torch.multinomial(w, 1, generator=g)[:, 0]
+            rows = positive & (count > j)
+            present[rows, pick[rows]] = True
+            w = w * affinity[pick]
+        self.present = present
+        U = self.U
+        self.fp = {}
+        for name in FINDINGS:
+            lo, hi = V2_CONTRAST[name]
+            self.fp[name] = {
+                "side": torch.where(torch.rand(m, 1, 1, generator=g) < 0.5, -1.0, 1.0),
+                "a": U(0.0, 1.0, 1, 32),
+                "v": U(0.0, 1.0, 1, 32),
+                "r": U(0.0, 1.0),
+                "r2": U(0.0, 1.0),
+                "angle": U(0.0, 1.0),
+                "phase": U(0.0, 2 * math.pi, 1, 4),
+                "field": torch.randn(m, 1, 16, 16, generator=g),
+                "occluded": (torch.rand(m, 1, 1, generator=g) < V2_P_OCCLUDED) & (name in V2_OCCLUDABLE),
+            }
+        self.severity = torch.stack([U(*V2_CONTRAST[f])[:, 0, 0] for f in FINDINGS], 1)  # (m, 14)
+        flip = torch.rand(m, k, generator=g) < self.label_noise  # drawn whatever the noise level
+        self.observed = present ^ flip
+        heart = self.present[:, FINDINGS.index("Cardiomegaly")].float()[:, None, None]
+        self.heart_w = U(*V2_HEART_W[0]) * (1 - heart) + heart * U(*V2_HEART_W[1])

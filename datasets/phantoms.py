@@ -8,6 +8,27 @@ Labels are fully known (0/1, no NaN).
 
 Images are generated in blocks of 64 whose seeds derive from ``(seed, block)``: image ``i`` of a
 seed is the same whatever ``n`` is, and the same patient (up to pixel noise) at any ``size``.
+
+Two generator versions (:data:`VERSIONS`), chosen with ``version=`` and recorded in
+``describe()`` and the fingerprint:
+
+- ``"v1"`` (the default, ``--images phantoms`` / ``phantoms-v1``): the original phantoms, kept
+  bit-identical. An easy task: findings are nearly saturated, heart and abdomen saturate, ribs
+  are regular, findings are independent with flat weights (:data:`FINDING_WEIGHTS`), labels exact.
+- ``"v2"`` (``--images phantoms-v2``): graded difficulty. Each finding's density change is v1's
+  times a severity drawn per image (:data:`~datasets.phantom_findings.V2_CONTRAST`); 30% of the
+  lung-parenchyma findings lie behind the heart or in the posterior recess below the diaphragm
+  (their box is that of the whole, hidden finding); nodules and masses overlap ribs as anywhere;
+  wider anatomy (habitus, lung and heart size, rotation up to 8 degrees, irregular ribs, bone
+  density), varied exposure with a white point above the densest tissue (no saturation), fog,
+  an exposure gradient, more noise and a fine parenchymal texture; normal and enlarged hearts
+  overlap in size. Labels follow ChestX-ray14 (Wang et al., CVPR 2017): each finding's share of
+  the positive images and the number of findings per positive image are the dataset's
+  (:data:`~datasets.phantom_findings.NIH_COUNTS`), and findings co-occur through
+  :data:`~datasets.phantom_findings.V2_AFFINITY`; ``prevalence`` (P(Any)) defaults to the
+  dataset's 0.4616, which makes each label's prevalence ChestX-ray14's. ``label_noise`` flips each
+  finding label independently with that probability (Any follows the flipped labels); the images
+  and the ``findings`` (the truth, with boxes) do not change with it.
 """
 
 from __future__ import annotations
@@ -23,11 +44,19 @@ from datasets.base import SPLITS, ImageDataset, check_split, phantom_fingerprint
 from datasets.errors import DatasetError
 from datasets.labels import LABELS
 from datasets.phantom_anatomy import AnatomyMixin
-from datasets.phantom_findings import FINDING_WEIGHTS, Finding, FindingsMixin
+from datasets.phantom_findings import (
+    FINDING_WEIGHTS,
+    NIH_ANY,
+    Finding,
+    FindingsMixin,
+    FindingsV2Mixin,
+)
 
 __all__ = [
     "FINDING_WEIGHTS",
+    "VERSIONS",
     "Finding",
+    "finding_contrast",
     "PhantomBatch",
     "PhantomDataset",
     "generate_phantoms",
@@ -35,6 +64,28 @@ __all__ = [
 ]
 
 BLOCK = 64  # images per seeded block
+
+VERSIONS = {"v1": "datasets.phantoms v1", "v2": "datasets.phantoms v2"}
+"""Generator versions: name -> the ``generator`` string of ``describe()`` (part of the fingerprint)."""
+DEFAULT_PREVALENCE = {"v1": 0.5, "v2": NIH_ANY}
+"""P(Any) when none is given: v1's 0.5; v2: ChestX-ray14's 51,759 / 112,120."""
+_SALT = {"v1": 0x70A7, "v2": 0x70A8}  # block seeds: v2 images share no random stream with v1's
+
+
+def check_version(version: str) -> str:
+    """``version`` if it is one of :data:`VERSIONS` (else one :class:`DatasetError` line)."""
+    if version not in VERSIONS:
+        raise DatasetError(f"unknown phantom version {version!r}; valid: {', '.join(VERSIONS)}")
+    return version
+
+
+def _check_noise(label_noise: float, version: str) -> float:
+    label_noise = float(label_noise)
+    if not 0.0 <= label_noise <= 0.5:
+        raise DatasetError(f"label_noise must be in [0, 0.5], got {label_noise}")
+    if label_noise and version == "v1":
+        raise DatasetError("label_noise needs phantom version v2 (v1's labels are exact)")
+    return label_noise
 
 
 class PhantomBatch(NamedTuple):
@@ -46,14 +97,25 @@ class PhantomBatch(NamedTuple):
     findings: list[list[Finding]]
 
 
-def generate_phantoms(n: int, size: int = 64, seed: int = 0, prevalence: float = 0.5) -> PhantomBatch:
+def generate_phantoms(
+    n: int,
+    size: int = 64,
+    seed: int = 0,
+    prevalence: float | None = None,
+    *,
+    version: str = "v1",
+    label_noise: float = 0.0,
+) -> PhantomBatch:
     """Generate ``n`` chest radiograph phantoms of ``size`` x ``size`` pixels.
 
     Args:
         n: number of images.
         size: side in pixels (any size >= 16; 64 and 256 are the presets').
         seed: images depend only on ``(seed, index)`` (and ``size`` through resolution and noise).
-        prevalence: probability that an image has at least one finding (label ``Any``).
+        prevalence: probability that an image has at least one finding (label ``Any``); default
+            :data:`DEFAULT_PREVALENCE` of the version.
+        version: generator version, ``"v1"`` or ``"v2"`` (see the module docstring).
+        label_noise: v2: probability that each finding label is flipped (default 0).
 
     Returns:
         :class:`PhantomBatch` with images ``(n, 1, size, size)``, labels ``(n, 15)`` in
@@ -63,12 +125,17 @@ def generate_phantoms(n: int, size: int = 64, seed: int = 0, prevalence: float =
         raise ValueError(f"n must be >= 0, got {n}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    version = check_version(version)
+    prevalence = DEFAULT_PREVALENCE[version] if prevalence is None else prevalence
     if not 0.0 <= prevalence <= 1.0:
         raise ValueError(f"prevalence must be in [0, 1], got {prevalence}")
+    label_noise = _check_noise(label_noise, version)
     images, labels, findings = [], [], []
     for block in range(math.ceil(n / BLOCK)):
         m = min(BLOCK, n - block * BLOCK)
-        img, lab, fnd = phantom_block(block, size, seed, prevalence, m)
+        img, lab, fnd = phantom_block(
+            block, size, seed, prevalence, m, version=version, label_noise=label_noise
+        )
         images.append(img)
         labels.append(lab)
         findings.extend(fnd)
@@ -77,12 +144,19 @@ def generate_phantoms(n: int, size: int = 64, seed: int = 0, prevalence: float =
     return PhantomBatch(torch.cat(images), torch.cat(labels), findings)
 
 
-def phantom_block(block: int, size: int, seed: int, prevalence: float, m: int = BLOCK) -> PhantomBatch:
+def phantom_block(
+    block: int,
+    size: int,
+    seed: int,
+    prevalence: float,
+    m: int = BLOCK,
+    *,
+    version: str = "v1",
+    label_noise: float = 0.0,
+) -> PhantomBatch:
     """The first ``m`` images of block ``block`` (images ``block * BLOCK ...``) of a seed."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, block, 0x70A7])
-    gen = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> np.uint64(1)))
     with torch.inference_mode(), _single_thread(size):
-        block_params = _Phantoms(BLOCK, size, gen, prevalence)
+        block_params = _block_params(block, size, seed, prevalence, version, label_noise)
         # a few images at a time when large: 16 of 256 x 256 fit the caches better (2x faster than 64)
         step = max(1, (2**20) // (size * size))
         images, labels, findings = [], [], []
@@ -92,6 +166,47 @@ def phantom_block(block: int, size: int, seed: int, prevalence: float, m: int = 
             labels.append(lab)
             findings.extend(fnd)
     return PhantomBatch(torch.cat(images).clone(), torch.cat(labels).clone(), findings)
+
+
+def _block_params(block: int, size: int, seed: int, prevalence: float, version: str, label_noise: float):
+    """Every random draw of block ``block`` of a seed, ready to render."""
+    salt = _SALT[check_version(version)]
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, block, salt])
+    gen = torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    if version == "v1":
+        return _Phantoms(BLOCK, size, gen, prevalence)
+    return _PhantomsV2(BLOCK, size, gen, prevalence, label_noise)
+
+
+def finding_contrast(
+    n: int = 256, size: int = 64, seed: int = 0, version: str = "v1", prevalence: float = 1.0
+) -> dict[str, dict[str, float]]:
+    """How visible each finding is: each image rendered with and without its findings (same
+    patient, exposure and noise), per finding the mean absolute intensity change inside its box.
+
+    With two findings in one image both changes count in both boxes (they rarely overlap).
+    Cardiomegaly changes the heart's size, which is drawn with the patient: it shows no change
+    here and is left out.
+
+    Returns:
+        ``{finding: {"mean": mean over its instances, "n": instances}}`` for the findings drawn.
+    """
+    out: dict[str, list[float]] = {}
+    with torch.inference_mode(), _single_thread(size):
+        for block in range(math.ceil(n / BLOCK)):
+            m = min(BLOCK, n - block * BLOCK)
+            params = _block_params(block, size, seed, prevalence, check_version(version), 0.0)
+            img, _, found = params.select(0, m).render()
+            clean = params.select(0, m)
+            clean.present = torch.zeros_like(clean.present)
+            base = clean.render()[0]
+            diff = (img - base).abs()[:, 0]
+            for i, fs in enumerate(found):
+                for f in fs:
+                    if f.name != "Cardiomegaly":
+                        r0, c0, r1, c1 = f.bbox
+                        out.setdefault(f.name, []).append(float(diff[i, r0:r1, c0:c1].mean()))
+    return {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in sorted(out.items())}
 
 
 @contextmanager
@@ -122,9 +237,15 @@ class PhantomDataset(ImageDataset):
     ``n`` of any larger set of that split and seed: the fingerprint is the generator version plus
     the seed, and :func:`datasets.provenance.training_overlap` compares it with the split.
     Nothing is cached on disk; up to ``cache_blocks`` blocks stay in memory.
+
+    ``version`` picks the generator (:data:`VERSIONS`); ``describe()`` records it as ``version``
+    and ``generator``, and the fingerprint hashes the generator string, so v1 and v2 collections
+    of one seed never pass for each other. v2 streams derive from another salt than v1's.
+    ``label_noise`` (v2) is recorded in ``describe()`` but not in the fingerprint: the images are
+    the same at any noise level.
     """
 
-    GENERATOR = "datasets.phantoms v1"
+    GENERATOR = VERSIONS["v1"]  # the default version's (kept for code that reads the class)
 
     DEFAULT_N = {"train": 2000, "val": 500, "test": 500, "all": 3000}
 
@@ -134,12 +255,19 @@ class PhantomDataset(ImageDataset):
         size: int = 64,
         n: int | None = None,
         seed: int = 0,
-        prevalence: float = 0.5,
+        prevalence: float | None = None,
         cache_blocks: int = 4,
+        *,
+        version: str = "v1",
+        label_noise: float = 0.0,
     ):
         self.split = check_split(split)
         if split == "all":
             raise DatasetError("phantoms have no 'all' split; use train, val or test")
+        self.version = check_version(version)
+        self.generator = VERSIONS[self.version]
+        self.label_noise = _check_noise(label_noise, self.version)
+        prevalence = DEFAULT_PREVALENCE[self.version] if prevalence is None else prevalence
         self.size, self.seed, self.prevalence = int(size), int(seed), float(prevalence)
         if self.size < 16:
             raise DatasetError(f"size must be >= 16, got {size}")
@@ -149,7 +277,8 @@ class PhantomDataset(ImageDataset):
         if self.n < 0:
             raise DatasetError(f"n must be >= 0, got {n}")
         # disjoint seeds per split: a 63-bit seed from (seed, split)
-        state = np.random.SeedSequence([self.seed & 0xFFFFFFFF, SPLITS.index(split), 0x5E1D])
+        salt = 0x5E1D if self.version == "v1" else 0x5E1E
+        state = np.random.SeedSequence([self.seed & 0xFFFFFFFF, SPLITS.index(split), salt])
         self.stream_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
         self.labels = LABELS
         self.ids = [f"phantom-{split}-{i:06d}" for i in range(self.n)]
@@ -163,7 +292,9 @@ class PhantomDataset(ImageDataset):
             if len(self._cache) >= self._cache_blocks:
                 self._cache.pop(next(iter(self._cache)))
             m = min(BLOCK, self.n - b * BLOCK)
-            self._cache[b] = phantom_block(b, self.size, self.stream_seed, self.prevalence, m)
+            self._cache[b] = phantom_block(
+                b, self.size, self.stream_seed, self.prevalence, m, **self._version_args()
+            )
         return self._cache[b]
 
     def _load(self, i: int):
@@ -190,7 +321,9 @@ class PhantomDataset(ImageDataset):
         """All images and labels; kept in memory (as copies) when at most 64 M pixels."""
         cached = getattr(self, "_all", None)
         if cached is None:
-            batch = generate_phantoms(self.n, self.size, self.stream_seed, self.prevalence)
+            batch = generate_phantoms(
+                self.n, self.size, self.stream_seed, self.prevalence, **self._version_args()
+            )
             cached = (batch.images, batch.labels)
             if self._small():
                 self._all = cached
@@ -198,10 +331,13 @@ class PhantomDataset(ImageDataset):
                 return cached
         return cached[0].clone(), cached[1].clone()
 
+    def _version_args(self) -> dict:
+        return {"version": self.version, "label_noise": self.label_noise}
+
     def describe(self) -> dict:
         return {
             "source": "phantoms",
-            "fingerprint": phantom_fingerprint(self.GENERATOR, self.seed),
+            "fingerprint": phantom_fingerprint(self.generator, self.seed),
             "split": self.split,
             "split_seed": None,
             "labels": list(self.labels),
@@ -209,7 +345,9 @@ class PhantomDataset(ImageDataset):
             "n": self.n,
             "seed": self.seed,
             "prevalence": self.prevalence,
-            "generator": self.GENERATOR,
+            "generator": self.generator,
+            "version": self.version,
+            "label_noise": self.label_noise,
         }
 
 
@@ -237,3 +375,18 @@ class _Phantoms(AnatomyMixin, FindingsMixin):
             part.__dict__[key] = value
         part.m = max(0, min(stop, self.m) - start)
         return part
+
+
+class _PhantomsV2(AnatomyMixin, FindingsV2Mixin, FindingsMixin):
+    """One block of v2 phantoms (see the module docstring): v2 draws, v1's shapes, v2 rendering."""
+
+    V2 = True
+
+    def __init__(self, m: int, size: int, gen: torch.Generator, prevalence: float, label_noise: float = 0.0):
+        self.m, self.S, self.g = m, size, gen
+        self.edge = 0.012 + 1.2 / size
+        self.prevalence, self.label_noise = prevalence, label_noise
+        self._draw_patient_v2()
+        self._draw_findings_v2()
+
+    select = _Phantoms.select
