@@ -90,17 +90,23 @@ class PixelRNNConfig:
 
 def _presets(**cpu) -> dict[str, PixelRNNConfig]:
     return {
-        "tiny": PixelRNNConfig(preset="tiny", image_size=32, levels=16, channels=8, hidden=8, layers=1, steps=200, batch_size=8),
+        "tiny": PixelRNNConfig(
+            preset="tiny", image_size=32, levels=16, channels=8, hidden=8, layers=1, steps=200, batch_size=8
+        ),
         "cpu": PixelRNNConfig(**cpu),
         # Table 2 / §5 of van den Oord et al.: 12 layers of h = 128 on CIFAR-10 (untrained here)
-        "paper": PixelRNNConfig(preset="paper", image_size=256, levels=256, channels=256, hidden=128, layers=12, steps=100_000),
+        "paper": PixelRNNConfig(
+            preset="paper", image_size=256, levels=256, channels=256, hidden=128, layers=12, steps=100_000
+        ),
     }
 
 
 ROW_PRESETS = _presets()
 DIAGONAL_PRESETS = _presets()
 FLATTENED_PRESETS = {
-    "tiny": PixelRNNConfig(preset="tiny", image_size=32, levels=16, hidden=16, layers=1, steps=200, batch_size=8),
+    "tiny": PixelRNNConfig(
+        preset="tiny", image_size=32, levels=16, hidden=16, layers=1, steps=200, batch_size=8
+    ),
     "cpu": PixelRNNConfig(hidden=64, layers=1),  # §6.3: one LSTM, hidden size 64
     "paper": PixelRNNConfig(preset="paper", image_size=256, levels=256, hidden=64, layers=1, steps=100_000),
 }
@@ -127,12 +133,17 @@ class _PixelRNN(AutoregressiveNet):
     def __init__(self, config: PixelRNNConfig):
         super().__init__()
         if config.first_kernel % 2 != 1 or config.layers < 1:
-            raise SamplerError(f"first_kernel must be odd and layers >= 1 (got {config.first_kernel}, {config.layers})")
+            raise SamplerError(
+                f"first_kernel must be odd and layers >= 1 (got {config.first_kernel}, {config.layers})"
+            )
         self.config, self.levels, self.image_size = config, config.levels, config.image_size
         k = config.first_kernel // 2
         self.first = CausalConv2d(1, config.channels, up=k, left=k, right=k, mask="A")
         self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(config.channels, config.channels, 1), nn.ReLU(), nn.Conv2d(config.channels, config.levels, 1)
+            nn.ReLU(),
+            nn.Conv2d(config.channels, config.channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(config.channels, config.levels, 1),
         )
 
     def head_at(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +156,9 @@ class _PixelRNN(AutoregressiveNet):
         """Indices ``(W, taps)`` of the mask-A taps of row 0 in the padded flattened board, and its width."""
         c = self.first
         wp = w + c.left + c.right
-        taps = torch.tensor([a * wp + b for a in range(c.up + 1) for b in range(c.left + c.right + 1)], device=device)
+        taps = torch.tensor(
+            [a * wp + b for a in range(c.up + 1) for b in range(c.left + c.right + 1)], device=device
+        )
         return torch.arange(w, device=device)[:, None] + taps[None], wp
 
     def board(self, canvas: torch.Tensor) -> torch.Tensor:
@@ -199,7 +212,9 @@ class RowLSTM(_PixelRNN):
 
     def __init__(self, config: PixelRNNConfig):
         super().__init__(config)
-        self.layers = nn.ModuleList(RowLSTMLayer(config.channels, config.hidden) for _ in range(config.layers))
+        self.layers = nn.ModuleList(
+            RowLSTMLayer(config.channels, config.hidden) for _ in range(config.layers)
+        )
 
     def logits(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
         h = self.first(network_input(x, self.levels))
@@ -218,8 +233,12 @@ class RowLSTM(_PixelRNN):
         kept: list[list] = [[] for _ in self.layers]
         self.logits(canvas, kept)  # the rows above the first missing pixel are final
         h0 = canvas.new_zeros(len(canvas), width, self.config.hidden)
-        state = [(kept[k][first_row - 1][0].transpose(1, 2), kept[k][first_row - 1][1].transpose(1, 2)) if first_row else (h0, h0)
-                 for k in range(len(self.layers))]
+        state = [
+            (kept[k][first_row - 1][0].transpose(1, 2), kept[k][first_row - 1][1].transpose(1, 2))
+            if first_row
+            else (h0, h0)
+            for k in range(len(self.layers))
+        ]
         board = self.board(canvas)
         index, wp = self.first_index(width, canvas.device)
         first_w, first_b = conv_matrix(self.first), self.first.bias
@@ -231,16 +250,26 @@ class RowLSTM(_PixelRNN):
         def run_row(i: int):
             feat = F.linear(board[:, index + i * wp], first_w.t(), first_b)  # (M, W, C)
             new = []
-            for layer, ss, (_, c) in zip(self.layers, sss, state):
+            for layer, ss, (_, c) in zip(self.layers, sss, state, strict=True):
                 feat, h, c = layer.row(feat, ss, c)
                 new.append((h, c))
             return feat, new
 
         for i in range(first_row, last_row + 1):
-            sss = [layer.ss_term(h) for layer, (h, _) in zip(self.layers, state)]
+            sss = [layer.ss_term(h) for layer, (h, _) in zip(self.layers, state, strict=True)]
             for j in todo.get(i, []):
                 feat, _ = run_row(i)
-                draw_pixel(self.head_at(feat[:, j]), canvas, mask_m, log_lik, i, j, self.levels, temperature, generator)
+                draw_pixel(
+                    self.head_at(feat[:, j]),
+                    canvas,
+                    mask_m,
+                    log_lik,
+                    i,
+                    j,
+                    self.levels,
+                    temperature,
+                    generator,
+                )
                 board[:, (i + self.first.up) * wp + self.first.left + j] = canvas[:, 0, i, j] * 2 - 1
             if i < last_row:
                 state = run_row(i)[1]  # the row's final states, for the next row
@@ -323,7 +352,9 @@ class DiagonalBiLSTM(_PixelRNN):
 
     def __init__(self, config: PixelRNNConfig):
         super().__init__(config)
-        self.layers = nn.ModuleList(DiagonalBiLSTMLayer(config.channels, config.hidden) for _ in range(config.layers))
+        self.layers = nn.ModuleList(
+            DiagonalBiLSTMLayer(config.channels, config.hidden) for _ in range(config.layers)
+        )
 
     def logits(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
         h = self.first(network_input(x, self.levels))
@@ -344,13 +375,26 @@ class DiagonalBiLSTM(_PixelRNN):
         self.logits(canvas, kept)  # rows above the first missing pixel are final
         zeros = canvas.new_zeros(m, width, hd)
         # per layer: left and right states of the row above, channels last (M, W, h)
-        above = [(kl[:, :, first_row - 1].transpose(1, 2), kr[:, :, first_row - 1].transpose(1, 2)) if first_row else (zeros, zeros)
-                 for kl, kr in kept]
+        above = [
+            (kl[:, :, first_row - 1].transpose(1, 2), kr[:, :, first_row - 1].transpose(1, 2))
+            if first_row
+            else (zeros, zeros)
+            for kl, kr in kept
+        ]
         board = self.board(canvas)
         index, wp = self.first_index(width, canvas.device)
         first_w, first_b = conv_matrix(self.first).t(), self.first.bias
-        steps = [(layer.left.step_matrix(), layer.left.bias(), layer.right.step_matrix(), layer.right.bias(),
-                  layer.out.weight[:, :, 0, 0], layer.out.bias) for layer in self.layers]
+        steps = [
+            (
+                layer.left.step_matrix(),
+                layer.left.bias(),
+                layer.right.step_matrix(),
+                layer.right.bias(),
+                layer.out.weight[:, :, 0, 0],
+                layer.out.bias,
+            )
+            for layer in self.layers
+        ]
         todo = set(positions)
         for i in range(first_row, last_row + 1):
             inputs = [canvas.new_empty(m, width, self.config.channels) for _ in self.layers]
@@ -361,12 +405,16 @@ class DiagonalBiLSTM(_PixelRNN):
                     cells = [zeros[:, 0]] * len(steps)  # the cell to the left of column 0
                 for k, (wl, bl, _, _, wo, bo) in enumerate(steps):
                     h_left = lefts[k][:, j - 1] if j else zeros[:, 0]
-                    h, cells[k] = lstm_cell(F.linear(torch.cat([feat, above[k][0][:, j], h_left], 1), wl, bl), cells[k])
+                    h, cells[k] = lstm_cell(
+                        F.linear(torch.cat([feat, above[k][0][:, j], h_left], 1), wl, bl), cells[k]
+                    )
                     lefts[k][:, j] = h
                     inputs[k][:, j] = feat
                     feat = feat + F.linear(h + above[k][1][:, j], wo, bo)
                 if (i, j) in todo:
-                    draw_pixel(self.head_at(feat), canvas, mask_m, log_lik, i, j, self.levels, temperature, generator)
+                    draw_pixel(
+                        self.head_at(feat), canvas, mask_m, log_lik, i, j, self.levels, temperature, generator
+                    )
                     board[:, (i + self.first.up) * wp + self.first.left + j] = canvas[:, 0, i, j] * 2 - 1
             if i == last_row:
                 break
@@ -376,7 +424,9 @@ class DiagonalBiLSTM(_PixelRNN):
                 rights = canvas.new_empty(m, width, hd)
                 h = c = zeros[:, 0]
                 for j in range(width - 1, -1, -1):
-                    h, c = lstm_cell(F.linear(torch.cat([inputs[k][:, j], above[k][1][:, j], h], 1), wr, br), c)
+                    h, c = lstm_cell(
+                        F.linear(torch.cat([inputs[k][:, j], above[k][1][:, j], h], 1), wr, br), c
+                    )
                     rights[:, j] = h
                 new.append((lefts[k], rights))
             above = new
@@ -414,7 +464,9 @@ class FlattenedRowLSTM(AutoregressiveNet):
             t = i * width + j
             onehot = self.inputs(canvas, fed, t + 1)  # the inputs of positions fed .. t
             out, state = self.lstm(onehot, state)
-            draw_pixel(self.head(out[:, -1]), canvas, mask_m, log_lik, i, j, self.levels, temperature, generator)
+            draw_pixel(
+                self.head(out[:, -1]), canvas, mask_m, log_lik, i, j, self.levels, temperature, generator
+            )
             fed = t + 1
         return canvas.reshape(n, b, 1, height, width), log_lik.float().reshape(n, b)
 

@@ -127,8 +127,13 @@ class AutoregressiveNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The straightforward sampler: the whole network over the whole canvas per pixel."""
         return sample_raster(
-            lambda canvas, _m: self.logits(canvas), observed, mask, n, self.levels,
-            temperature=temperature, generator=generator,
+            lambda canvas, _m: self.logits(canvas),
+            observed,
+            mask,
+            n,
+            self.levels,
+            temperature=temperature,
+            generator=generator,
         )
 
     def sample_cached(
@@ -172,7 +177,10 @@ class AutoregressiveSampler(SamplerBase):
 
     def __init__(self, model: AutoregressiveNet, *, name, sha256, meta, temperature=None, method=None):
         super().__init__(
-            name=name, image_size=model.image_size, sha256=sha256, meta=meta,
+            name=name,
+            image_size=model.image_size,
+            sha256=sha256,
+            meta=meta,
             device=next(model.parameters()).device,
         )
         self.model = model.eval()
@@ -210,11 +218,17 @@ class AutoregressiveFamily(SamplerFamily):
 
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         schedule = lambda s: warmup_cosine(s, steps=config.steps, warmup_steps=config.warmup_steps, final=0.1)  # noqa: E731
-        return [Phase(lambda b: net(b[0], b[1], "main"), opt, schedule=schedule, grad_clip=config.grad_clip, ema=ema)]
+        return [
+            Phase(
+                lambda b: net(b[0], b[1], "main"), opt, schedule=schedule, grad_clip=config.grad_clip, ema=ema
+            )
+        ]
 
     def make_sampler(self, model, *, name, sha256, meta, temperature=None, method=None, **options):
         reject_options(name, options, ("temperature", "method"))
-        return AutoregressiveSampler(model, name=name, sha256=sha256, meta=meta, temperature=temperature, method=method)
+        return AutoregressiveSampler(
+            model, name=name, sha256=sha256, meta=meta, temperature=temperature, method=method
+        )
 
 
 # -- the local PixelCNN --------------------------------------------------------------------------------
@@ -244,9 +258,13 @@ class PixelCNNLocalConfig:
 
 
 PRESETS = {
-    "tiny": PixelCNNLocalConfig(preset="tiny", image_size=32, levels=16, channels=8, layers=1, steps=200, batch_size=8),
+    "tiny": PixelCNNLocalConfig(
+        preset="tiny", image_size=32, levels=16, channels=8, layers=1, steps=200, batch_size=8
+    ),
     "cpu": PixelCNNLocalConfig(),
-    "paper": PixelCNNLocalConfig(preset="paper", image_size=256, levels=256, channels=64, layers=3, steps=100_000),
+    "paper": PixelCNNLocalConfig(
+        preset="paper", image_size=256, levels=256, channels=64, layers=3, steps=100_000
+    ),
 }
 
 
@@ -261,7 +279,9 @@ class PixelCNNLocal(AutoregressiveNet):
         if c.window_up < 0 or c.window_left < 0 or c.window_right < 0 or c.window_up + c.window_left == 0:
             raise SamplerError("window_up/left/right must be >= 0 and the zone must hold a pixel")
         self.config, self.levels, self.image_size = config, c.levels, c.image_size
-        self.zone = CausalConv2d(1, c.channels, up=c.window_up, left=c.window_left, right=c.window_right, mask="A")
+        self.zone = CausalConv2d(
+            1, c.channels, up=c.window_up, left=c.window_left, right=c.window_right, mask="A"
+        )
         self.hidden = nn.ModuleList(
             CausalConv2d(c.channels, c.channels, up=k, left=k, right=k, mask="B") for _ in range(c.layers)
         )
@@ -292,7 +312,11 @@ class PixelCNNLocal(AutoregressiveNet):
         need: list[tuple[int, int]] = [(0, 0)]
         plan = []
         for conv in reversed([self.zone, *self.hidden]):
-            taps = [(a - conv.up, b - conv.left) for a in range(conv.up + 1) for b in range(conv.left + conv.right + 1)]
+            taps = [
+                (a - conv.up, b - conv.left)
+                for a in range(conv.up + 1)
+                for b in range(conv.left + conv.right + 1)
+            ]
             reads = sorted({(p[0] + t[0], p[1] + t[1]) for p in need for t in taps})
             where = {r: k for k, r in enumerate(reads)}
             index = torch.tensor([[where[(p[0] + t[0], p[1] + t[1])] for t in taps] for p in need])
@@ -316,7 +340,10 @@ class PixelCNNLocal(AutoregressiveNet):
         convs = [self.zone, *self.hidden]
         plan = self._plan()
         weights = [(c.weight * c.mask).permute(2, 3, 1, 0).reshape(-1, c.out_channels) for c in convs]
-        flat = lambda offs: torch.tensor([(up + dy) * wp + left + dx for dy, dx in offs], device=canvas.device)  # noqa: E731
+
+        def flat(offs: list[tuple[int, int]]) -> torch.Tensor:  # offsets -> board positions
+            return torch.tensor([(up + dy) * wp + left + dx for dy, dx in offs], device=canvas.device)
+
         first = flat(plan[0][1])  # the board positions the zone reads
         outs = [flat(need) for need, _, _ in plan]
         head_w, head_b = self.head.weight[:, :, 0, 0].t(), self.head.bias
@@ -324,9 +351,11 @@ class PixelCNNLocal(AutoregressiveNet):
             base = i * wp + j
             border = i < up or j < left or j + right >= w
             feat = board[:, first + base].unsqueeze(-1)  # (M, P0, 1)
-            for (need, _, index), conv, weight, out in zip(plan, convs, weights, outs):
+            for (need, _, index), conv, weight, out in zip(plan, convs, weights, outs, strict=True):
                 taps = feat[:, index].flatten(2)  # (M, P, taps · C)
-                feat = F.leaky_relu(torch.addmm(conv.bias, taps.flatten(0, 1), weight), 0.2).view(len(taps), len(need), -1)
+                feat = F.leaky_relu(torch.addmm(conv.bias, taps.flatten(0, 1), weight), 0.2).view(
+                    len(taps), len(need), -1
+                )
                 if border:
                     feat = feat * inside[out + base].unsqueeze(-1)
             logits = torch.addmm(head_b, feat[:, 0], head_w)  # (M, K)

@@ -24,13 +24,17 @@ from tests.generative.causality import (
 )
 
 SIZE = 10
-FAMILIES = {"row-lstm": ROW_LSTM, "diagonal-bilstm": DIAGONAL_BILSTM, "flattened-row-lstm": FLATTENED_ROW_LSTM}
+FAMILIES = {
+    "row-lstm": ROW_LSTM,
+    "diagonal-bilstm": DIAGONAL_BILSTM,
+    "flattened-row-lstm": FLATTENED_ROW_LSTM,
+}
 
 
 def _model(name: str, **changes):
     torch.manual_seed(0)
     family = FAMILIES[name]
-    return family.build_model(family.config("tiny", image_size=SIZE, **changes)).eval()
+    return family.build_model(family.config("tiny", **({"image_size": SIZE} | changes))).eval()
 
 
 def test_skew_known_answer_and_inverse():
@@ -124,7 +128,9 @@ def test_cached_sampler_draws_what_the_reference_draws(name, rows):
         assert torch.equal(ref, fast)
         assert torch.allclose(ll, ll_ref, atol=1e-4)
         flat = fast.reshape(4, 1, SIZE, SIZE)
-        exact = log_likelihood(model.logits(flat), quantise(flat, model.levels), ~mask.repeat(2, 1, 1, 1).bool())
+        exact = log_likelihood(
+            model.logits(flat), quantise(flat, model.levels), ~mask.repeat(2, 1, 1, 1).bool()
+        )
     assert torch.allclose(ll.reshape(-1), exact, atol=1e-3)
 
 

@@ -70,6 +70,8 @@ def test_cached_sampler_draws_what_the_reference_draws(rows):
         assert torch.allclose(ll, ll_ref, atol=1e-4)
         # the reported log-likelihood is the model's, of the drawn pixels only
         flat = fast.reshape(6, 1, SIZE, SIZE)
-        exact = log_likelihood(model.logits(flat), quantise(flat, model.levels), ~mask.repeat(3, 1, 1, 1).bool())
+        exact = log_likelihood(
+            model.logits(flat), quantise(flat, model.levels), ~mask.repeat(3, 1, 1, 1).bool()
+        )
     assert torch.allclose(ll.reshape(-1), exact, atol=1e-3)
     assert (ll < 0).all()
