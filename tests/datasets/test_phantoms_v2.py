@@ -179,3 +179,17 @@ def test_version_in_describe_fingerprint_and_open_dataset():
         PhantomDataset(version="v3")
     with pytest.raises(DatasetError, match="unknown image source 'phantoms-v3'.*phantoms-v2"):
         open_dataset("phantoms-v3")
+
+
+def test_v2_rendering_in_slices_is_exact_and_labels_do_not_depend_on_size(one_thread):
+    def block():
+        return _PhantomsV2(6, 40, torch.Generator().manual_seed(3), 0.9, 0.1)
+
+    whole = block().render()
+    p = block()
+    parts = [p.select(0, 2).render(), p.select(2, 6).render()]
+    assert torch.equal(whole[0], torch.cat([parts[0][0], parts[1][0]]))
+    assert torch.equal(whole[1], torch.cat([parts[0][1], parts[1][1]]))
+    assert whole[2] == parts[0][2] + parts[1][2]
+    small, big = (generate_phantoms(3, s, seed=2, version="v2") for s in (16, 48))
+    assert torch.equal(small.labels, big.labels)
