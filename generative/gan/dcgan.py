@@ -130,9 +130,15 @@ class DCGANDiscriminator(nn.Module):
 class DCGAN(nn.Module):
     """Generator and discriminator; ``forward(x, mask, phase)`` is one phase's losses.
 
-    ``phase = "d"``: ``−log D(x) − log(1 − D(G(z)))`` (real and generated batches through the
-    discriminator separately, as Radford et al.); ``phase = "g"``: ``−log D(G(z))``. The mask is
-    ignored: the GAN trains on full images (Yeh §3: "trained with uncorrupted data").
+    ``phase = "d"``: ``−log D(x) − log(1 − D(G(z)))``; ``phase = "g"``: ``−log D(G(z))``. The mask
+    is ignored: the GAN trains on full images (Yeh §3: "trained with uncorrupted data").
+
+    Deviation: real and generated images go through the discriminator as *one* batch (in both
+    phases), so its batch norm normalises them with shared statistics. Radford et al.'s reference
+    code passes them as two batches; at our small widths that let each batch norm remove the
+    generated batch's own mean and scale, and the generator's image mean never moved from 0.5
+    (measured: 100 steps on phantoms, image std 0.04 with separate batches, 0.12 and mean 0.60,
+    the data's 0.58, with one batch).
     """
 
     z_bounds = (-1.0, 1.0)
@@ -163,11 +169,12 @@ class DCGAN(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, phase: str) -> dict[str, torch.Tensor]:
         z = self.sample_latent((len(x),))
+        real, b = x * 2 - 1, len(x)
         if phase == "d":
             with torch.no_grad():
                 fake = self.generator(z)
-            real_logit = self.discriminator(x * 2 - 1)
-            fake_logit = self.discriminator(fake)
+            logits = self.discriminator(torch.cat([real, fake]))  # one batch norm batch (docstring)
+            real_logit, fake_logit = logits[:b], logits[b:]
             loss = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
             return {
                 "loss": loss,
@@ -175,7 +182,7 @@ class DCGAN(nn.Module):
                 "fake": torch.sigmoid(fake_logit).mean().detach(),
             }
         if phase == "g":
-            fake_logit = self.discriminator(self.generator(z))
+            fake_logit = self.discriminator(torch.cat([real, self.generator(z)]))[b:]
             return {"loss": F.softplus(-fake_logit).mean(), "fake": torch.sigmoid(fake_logit).mean().detach()}
         raise ValueError(f"unknown phase {phase!r} (d or g)")
 
