@@ -446,9 +446,12 @@ class FlattenedRowLSTM(AutoregressiveNet):
     def inputs(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """``(B, 1, H, W)`` -> one-hot ``(B, T, K + 1)`` of the pixel *before* each position
         ``start .. stop - 1`` of the flattened image (the start symbol ``K`` before the first)."""
-        q = quantise(x, self.levels).flatten(1)  # (B, H·W)
-        prev = torch.cat([torch.full_like(q[:, :1], self.levels), q[:, :-1]], 1)
-        return F.one_hot(prev[:, start:stop], self.levels + 1).to(self.head.weight.dtype)
+        flat = x.flatten(1)  # (B, H·W)
+        stop = flat.shape[1] if stop is None else stop
+        prev = quantise(flat[:, max(start - 1, 0) : stop - 1], self.levels)  # only what is read
+        if start == 0:
+            prev = torch.cat([torch.full_like(flat[:, :1], self.levels, dtype=torch.long), prev], 1)
+        return F.one_hot(prev, self.levels + 1).to(self.head.weight.dtype)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

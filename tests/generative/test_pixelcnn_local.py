@@ -75,3 +75,37 @@ def test_cached_sampler_draws_what_the_reference_draws(rows):
         )
     assert torch.allclose(ll.reshape(-1), exact, atol=1e-3)
     assert (ll < 0).all()
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [({"temperature": 0.0}, "temperature must be positive"), ({"method": "fast"}, "method must be one of")],
+)
+def test_bad_sampling_options_are_one_line_errors(options, match):
+    from generative.errors import SamplerError
+
+    with pytest.raises(SamplerError, match=match):
+        FAMILY.make_sampler(_model(), name="pixelcnn-local", sha256=None, meta={}, **options)
+
+
+@pytest.mark.parametrize("changes", [{"kernel": 2}, {"window_up": 0, "window_left": 0}, {"window_right": -1}])
+def test_bad_configs_are_sampler_errors(changes):
+    from generative.errors import SamplerError
+
+    with pytest.raises(SamplerError):
+        _model(**changes)
+
+
+def test_reference_method_gives_the_same_completions():
+    model = _model()
+    x = torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros_like(x)
+    mask[..., :6, :] = 1
+    a, b = (
+        FAMILY.make_sampler(model, name="pixelcnn-local", sha256=None, meta={}, method=m).sample(
+            x, mask, 2, generator=torch.Generator().manual_seed(3)
+        )
+        for m in ("cached", "reference")
+    )
+    assert torch.equal(a.images, b.images)
+    assert a.info["log_likelihood"].shape == (2, 1)
