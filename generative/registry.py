@@ -122,11 +122,13 @@ SPECS: dict[str, SamplerSpec] = {
             "diffusion",
             "mask-conditioned DDPM (Ho et al. 2020) on cat([x_t, x*m, m]), DDIM sampling (Song et al. 2021)",
             family="generative.diffusion.family:FAMILY",
+            shipped="diffusion-phantom",
         ),
         SamplerSpec(
             "repaint",
             "RePaint (Lugmayr et al. 2022): unconditional DDPM, known pixels re-noised each step, resampling",
             family="generative.diffusion.family:FAMILY",
+            shipped="repaint-phantom",
         ),
         SamplerSpec(
             "gan-yeh",
