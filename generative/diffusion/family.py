@@ -54,7 +54,7 @@ class _DiffusionSamplerBase(SamplerBase):
     def __init__(self, model: DiffusionModel, *, name: str, sha256, meta, steps: int):
         device = next(model.parameters()).device
         super().__init__(name=name, image_size=model.image_size, sha256=sha256, meta=meta, device=device)
-        self.model = model.eval()
+        self.diffusion = model.eval()  # not `model`: generative.evaluation reads a VAE from `.model`
         steps = _positive_int(name, "steps", steps)
         if steps > model.config.timesteps:
             raise SamplerError(
@@ -87,7 +87,7 @@ class DiffusionSampler(_DiffusionSamplerBase):
         return self.steps
 
     def _run(self, y, m, generator):
-        model = self.model
+        model = self.diffusion
         return ddim_inpaint(
             lambda x_t, t: model.eps(x_t, t, y, m),
             y,
@@ -116,7 +116,7 @@ class RePaintSampler(_DiffusionSamplerBase):
         return repaint_calls(self.steps, self.jump_length, self.jump_n_sample)
 
     def _run(self, y, m, generator):
-        model = self.model
+        model = self.diffusion
         return repaint(
             lambda x_t, t: model.eps(x_t, t),
             y,

@@ -418,3 +418,20 @@ def test_eps_skip_is_the_exact_predictor_of_gaussian_data():
     assert torch.allclose(model.eps(x_t, t), expected, atol=1e-6)
     plain = FAMILY.build_model(FAMILY.for_name(FAMILY.config("tiny", eps_skip=False), "repaint"))
     assert torch.equal(plain.eps(x_t, t), torch.zeros_like(x_t))
+
+
+@pytest.mark.parametrize(
+    "name,options", [("diffusion", {"steps": 2}), ("repaint", {"steps": 2, "jump_n_sample": 1})]
+)
+def test_shipped_checkpoint_loads_and_samples(name, options):
+    from generative.registry import build_sampler
+
+    sampler = build_sampler(name, **options)  # generative/weights/<name>-phantom-cpu
+    assert sampler.meta["sampler"] == name and sampler.meta["trained_on"]["source"] == "phantoms"
+    assert sampler.meta["training"]["step"] >= 350 and sampler.meta["config"]["ema_rate"] > 0
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros_like(x)
+    mask[..., 10:30, 10:30] = 1
+    out = sampler.sample(x * mask, mask, 2, generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (2, 1, 1, 64, 64) and torch.isfinite(out).all()
+    assert torch.equal(out[:, :, mask.bool()[0]], (x * mask).expand(2, 1, 1, 64, 64)[:, :, mask.bool()[0]])
