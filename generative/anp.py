@@ -163,6 +163,8 @@ class ANP(nn.Module):
         )
         self.latent_head = mlp([d, d, 2 * c.latent])
         self.decoder = mlp([2 + d + c.latent, d, d, 2])
+        with torch.no_grad():
+            self.decoder[-1].bias[0] = 0.5  # start at mid grey, inside [0, 1] (completions are clamped)
         self.register_buffer("grid", coordinates(c.image_size), persistent=False)
 
     # -- the two paths ---------------------------------------------------------------------------
