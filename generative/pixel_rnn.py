@@ -18,6 +18,9 @@
     image, flipped back and **shifted down one row** before it is added to the left-to-right
     output (:meth:`DiagonalBiLSTMLayer.combine`): unshifted, pixel ``(i, j)`` would see the
     right-to-left state at ``(i, j)``, which has read ``(i, j)`` and the pixels to its right.
+    Its receptive field (tests/generative/test_pixel_rnn.py) is the whole past but one pixel: the
+    last pixel of the row above enters only through the 7×7 zone of the row's last columns, since
+    the right-to-left states read mask-A features, which exclude each pixel itself.
 
 * **Flattened Row LSTM**: Burlin, Le Calonnec, Duperier, "Deep Image Inpainting" (2017), §6.3, Fig.
   10: the image flattened from the top left to the bottom right and fed to one LSTM (hidden size 64)
