@@ -70,8 +70,8 @@ def _timed(fn, repeats: int) -> float:
 
 def evaluate(name: str, checkpoint: Path, images, args) -> dict:
     import torch
-
     from sampler_quality import evaluate_quality  # benchmarks/ is on sys.path when run as a script
+
     from datasets.masks import MASKS
     from generative.autoregressive import bits_per_dim, raster_positions, sample_raster
     from generative.registry import build_sampler
@@ -159,14 +159,15 @@ def main(argv: list[str] | None = None) -> dict:
     n = max(args.n_images, args.bpd_images)
     ds = open_dataset("chestxray", split="test", size=64, n=n, seed=args.seed)
     images, _ = ds.tensors()
-    # the combined file keeps the models measured by earlier runs (one model per run is fine)
-    out = json.loads(args.json.read_text()) if args.json.is_file() else {"models": {}}
-    out |= {"data": ds.describe(), "threads": torch.get_num_threads()}
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    out: dict = {}
     for name, path in runs.items():
         row = evaluate(name, Path(path), images, args)
-        out["models"][name] = row
         (args.json.parent / f"{args.json.stem}-{name}.json").write_text(json.dumps(row, indent=1))
+        # the combined file keeps the models of earlier (or concurrent) runs: read just before writing
+        out = json.loads(args.json.read_text()) if args.json.is_file() else {"models": {}}
+        out |= {"data": ds.describe(), "threads": torch.get_num_threads()}
+        out["models"][name] = row
         args.json.write_text(json.dumps(out, indent=1))
     print(table(out["models"]))
     return out
