@@ -71,7 +71,8 @@ def masked_gradients(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     At pixel ``i`` along one axis: the central difference ``(f[i+1] − f[i−1]) / 2`` when both
     neighbours are observed, the forward ``f[i+1] − f[i]`` when only the next one is, the backward
     ``f[i] − f[i−1]`` when only the previous one is, and 0 when neither is (outside the image counts
-    as missing) and at missing pixels. The stencil depends on ``mask`` only, so it is the same for ``G(z)`` and ``y``.
+    as missing) and at missing pixels. The stencil depends on ``mask`` only, so it is the same for
+    ``G(z)`` and ``y``.
 
     Args:
         image: ``(..., H, W)``; mask ``(..., H, W)`` broadcastable to it, 1 = observed.
