@@ -33,7 +33,6 @@ from pathlib import Path
 
 REPAINT_SETTINGS = [  # (steps, jump_length, jump_n_sample): all ≤ 100 network calls
     (25, 1, 1),
-    (85, 1, 1),
     (25, 5, 4),
 ]
 
@@ -67,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--simulate", action="append", default=[], help="NAME=DIR of a boed simulate run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figures", type=Path)
+    parser.add_argument("--grid-images", type=int, default=2)
+    parser.add_argument("--grid-completions", type=int, default=5)
+    parser.add_argument("--speed-repeats", type=int, default=2)
     args = parser.parse_args(argv)
 
     import torch
@@ -128,7 +130,13 @@ def main(argv: list[str] | None = None) -> dict:
         row["seconds_total"] = time.perf_counter() - t0
         result["samplers"][name] = row
         if args.figures and name != "aipo":  # AIPO's own grid is generative/figures' business
-            figure_8(sampler, images[:2], args.figures / f"fig8-{name}-phantom-cpu.png", seed=args.seed)
+            figure_8(
+                sampler,
+                images[: args.grid_images],
+                args.figures / f"fig8-{name}-phantom-cpu.png",
+                n_completions=args.grid_completions,
+                seed=args.seed,
+            )
         print(f"{name}: done in {row['seconds_total']:.0f} s", flush=True)
 
     if not args.no_speed:
