@@ -53,6 +53,9 @@ class StepRecord:
     eig_map: list[list[float]] | None
     probs: list[float]
     seconds: float
+    # the decision's eig_se, ess, target_observed, target_completions (decision_diagnostics);
+    # None where no EIG was estimated (step 0, policies without one, the 2nd..kth scan of a step)
+    diagnostics: dict[str, float] | None = None
 
 
 @dataclass

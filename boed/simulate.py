@@ -517,6 +517,21 @@ def _load_item(dataset: Any, index: int) -> dict[str, Any]:
         return {"idx": image_id, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def log_record(store: Any, session_id: int, record: Any) -> None:
+    """Write one :class:`~boed.session.StepRecord` (with its decision's diagnostics) to the store."""
+    store.log_step(
+        session_id,
+        step=record.step,
+        location=record.location,
+        candidate=record.candidate,
+        eig=record.eig,
+        eig_map=record.eig_map,
+        probs=record.probs,
+        seconds=record.seconds,
+        diagnostics=record.diagnostics,
+    )
+
+
 def _failed_session(context: _RunContext, index: int, image_id: str, policy: str, error: str) -> str:
     session_id = context.store.start_session(
         context.run_id,
@@ -603,16 +618,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
             figure = policy == "boed" and index < config.figure_sessions
 
             def on_step(record):
-                store.log_step(
-                    session_id,
-                    step=record.step,
-                    location=record.location,
-                    candidate=record.candidate,
-                    eig=record.eig,
-                    eig_map=record.eig_map,
-                    probs=record.probs,
-                    seconds=record.seconds,
-                )
+                log_record(store, session_id, record)
 
             def on_array(step: int, name: str, array: np.ndarray) -> None:
                 store.save_array(session_id, step, name, array)
@@ -730,16 +736,7 @@ def _write_session(
     )
     try:
         for record in records:
-            store.log_step(
-                session_id,
-                step=record.step,
-                location=record.location,
-                candidate=record.candidate,
-                eig=record.eig,
-                eig_map=record.eig_map,
-                probs=record.probs,
-                seconds=record.seconds,
-            )
+            log_record(store, session_id, record)
         for step, name, array in arrays:
             store.save_array(session_id, step, name, array)
     except Exception as exc:  # noqa: BLE001 - the store refused a value of this session (a fault is no Exception)

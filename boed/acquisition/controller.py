@@ -36,6 +36,7 @@ from boed.eig import (
     check_finite,
     eig_standard_error,
     expected_information_gain_batch,
+    normalised_weights,
     predict_checked,
     resolve_target,
     target_entropy,
@@ -373,12 +374,48 @@ def _one(completions: Completions) -> Completions:
     images = completions.images
     if images.dim() == 4:  # (N, 1, H, W): one image
         images = images[:, None]
-    return Completions(images, completions.log_weights)
+    return Completions(images, completions.log_weights, completions.info)
 
 
 def _slice(completions: Completions, j: int) -> Completions:
-    lw = completions.log_weights
-    return Completions(completions.images[:, j : j + 1], None if lw is None else lw[:, j : j + 1])
+    lw, n = completions.log_weights, completions.images.shape[0]
+
+    def part(t: torch.Tensor) -> torch.Tensor:  # info is (N, B, ...) or (B, ...)
+        return t[:, j : j + 1] if t.dim() >= 2 and t.shape[0] == n else t[j : j + 1]
+
+    info = None if completions.info is None else {k: part(v) for k, v in completions.info.items()}
+    return Completions(completions.images[:, j : j + 1], None if lw is None else lw[:, j : j + 1], info)
+
+
+def decision_diagnostics(controller: Controller, decision: Decision, candidate: int) -> dict[str, float]:
+    """What a decision's EIG estimate rests on, for the step it chose (``boed.store.models.Step``).
+
+    * ``eig_se``: the Monte Carlo standard error of the EIG at ``candidate``;
+    * ``ess``: the effective sample size ``1 / Σ w²`` of the normalised completion weights (N for
+      an equally weighted sampler);
+    * ``target_observed``: the classifier's probability of the target on the observation
+      (``decision.probs``; mean over the labels of an ``all`` target);
+    * ``target_completions``: the weighted mean of its probability of the target on the N
+      completions themselves (one extra classifier call per completion, fully observed).
+
+    Eq. 17 of Harvey et al. (2022) averages the classifier over completions as if they were real
+    images: a gap between the last two says the classifier reads the sampler's completions
+    differently, which biases the EIG (the report shows the gap per policy and scan).
+    """
+    images = decision.completions.images[:, 0]  # (N, 1, H, W)
+    n = len(images)
+    w = normalised_weights(decision.completions.log_weights, n, images.device)
+    # a diagnostic: non-finite probabilities here leave target_completions NaN (stored as null);
+    # the decision itself refuses them where they matter (the EIG's own classifier calls)
+    probs = controller.classifier.predict(images, torch.ones_like(images))  # (N, L)
+    idx = list(controller.target.indices)
+    on_completions = (w[:, None] * probs[:, idx].double()).sum(0).mean()
+    return {
+        "eig_se": float(decision.stderr[candidate]),
+        "ess": float(1.0 / (w**2).sum()),
+        "target_observed": float(decision.probs[0, idx].double().mean()),
+        "target_completions": float(on_completions),
+    }
 
 
 def conditional_eig_batch(

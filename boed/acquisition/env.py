@@ -40,6 +40,7 @@ from boed.acquisition.controller import (
     Decision,
     conditional_eig_batch,
     decide_batch,
+    decision_diagnostics,
     greedy_scans,
     predict_batch,
 )
@@ -389,6 +390,10 @@ def run_episodes(
                     int(chosen[i, 0]),
                     figure_completions,
                 )
+            diagnostics = None
+            if decisions is not None:
+                with at_step(step):
+                    diagnostics = decision_diagnostics(env.controllers[b], decisions[i], int(chosen[i, 0]))
             for j in range(k):
                 c = int(chosen[i, j])
                 eig_j = maps[j][i] if maps[j] is not None else None
@@ -402,6 +407,7 @@ def run_episodes(
                         eig_grid(eig_j, candidates) if eig_j is not None else None,
                         after[j][b].tolist(),
                         seconds,
+                        diagnostics if j == 0 else None,
                     ),
                 )
         done += k

@@ -102,7 +102,10 @@ class AcquisitionLog:
         candidates = self.controller.candidates
         candidate = candidates.index_of(location)
         eig = eig_map = None
+        diagnostics = None
         if proposal is not None:
+            if candidate is not None:
+                diagnostics = {"eig_se": float(proposal.stderr[candidate])}
             j = proposal.locations.index(tuple(location)) if tuple(location) in proposal.locations else None
             values = proposal.maps[j] if j is not None else proposal.eig
             eig_map = eig_grid(values, candidates)
@@ -110,7 +113,13 @@ class AcquisitionLog:
                 eig = proposal.joint_eig[j]
             elif candidate is not None:
                 eig = float(values[candidate])
-        self._write(location=tuple(int(v) for v in location), candidate=candidate, eig=eig, eig_map=eig_map)
+        self._write(
+            location=tuple(int(v) for v in location),
+            candidate=candidate,
+            eig=eig,
+            eig_map=eig_map,
+            diagnostics=diagnostics,
+        )
 
     def _write(self, **values: Any) -> None:
         self.step += 1

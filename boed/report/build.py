@@ -7,7 +7,9 @@ a macro average has no bootstrap CIs here, its ``_lo``/``_hi`` columns are NaN).
 
 Beside the summary (``summary.csv``: each metric with its 95 % bootstrap CI over images), the
 report compares every policy with a reference policy (default ``random``) image by image
-(``paired.csv``: differences with paired CIs and McNemar's exact test, :mod:`boed.report.stats`).
+(``paired.csv``: differences with paired CIs and McNemar's exact test, :mod:`boed.report.stats`),
+and shows what each decision's EIG rested on (``diagnostics.csv``: the EIG's standard error, the
+completions' effective sample size and the sampler–classifier gap, :func:`decision_diagnostics`).
 """
 
 from __future__ import annotations
@@ -112,6 +114,61 @@ def load_paired(store: Any, run_id: str, reference: str = "random", label: str |
     if len(table):
         table.insert(0, "target", target.name)
     return table
+
+
+GAP_WARNING = 0.1  # mean |g(v | completions) − g(v | x⊙m)| above which the report flags the sampler
+
+
+def decision_diagnostics(store: Any, run_id: str) -> pd.DataFrame:
+    """Per policy and scan, the means over sessions of the decision diagnostics the store keeps
+    (``boed.store.models.Step``): ``eig_se``, ``ess``, ``target_observed``,
+    ``target_completions``, their ``gap`` (completions − observation) and ``abs_gap``. Only steps
+    chosen from an EIG estimate; empty when there are none."""
+    steps = store.steps(run_id)
+    steps = steps[steps["eig_se"].notna() | steps["target_completions"].notna()]
+    if steps.empty:
+        return pd.DataFrame()
+    steps = steps.assign(
+        gap=steps["target_completions"] - steps["target_observed"],
+        abs_gap=(steps["target_completions"] - steps["target_observed"]).abs(),
+    )
+    keys = ["eig_se", "ess", "target_observed", "target_completions", "gap", "abs_gap"]
+    table = steps.groupby(["policy", "step"], sort=False)[keys].mean().reset_index()
+    table.insert(2, "n", steps.groupby(["policy", "step"], sort=False).size().to_numpy())
+    return table.rename(columns={"step": "scans"})
+
+
+def diagnostics_html(table: pd.DataFrame) -> str:
+    """The decision diagnostics table, with a warning when the sampler and classifier disagree."""
+    if table.empty:
+        return "<p class=small>No decision was made from an EIG estimate in this run.</p>"
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("scan", "n", "EIG s.e. (nats)", "ESS", "g(v | x⊙m)", "mean g(v | completion)", "gap")
+    )
+    rows = [
+        f"<tr><td class=l>{html.escape(str(r.policy))}</td><td>{int(r.scans)}</td><td>{int(r.n)}</td>"
+        f"<td>{_fmt(float(r.eig_se), 4)}</td><td>{_fmt(float(r.ess), 1)}</td>"
+        f"<td>{_fmt(float(r.target_observed))}</td><td>{_fmt(float(r.target_completions))}</td>"
+        f"<td>{float(r.gap):+.3f}</td></tr>"
+        for r in table.itertuples()
+    ]
+    worst = float(table["abs_gap"].max())
+    warn = (
+        f"<p class=warn>warning: the classifier reads the sampler's completions differently from the "
+        f"observation (mean |gap| up to {worst:.2f} at a scan): the EIG estimate (Eq. 17) assumes "
+        "they agree, so it is biased here.</p>"
+        if worst > GAP_WARNING
+        else ""
+    )
+    return (
+        "<p class=small>What each decision's EIG rests on: the Monte Carlo standard error at the chosen "
+        "location, the effective sample size of the completions, and the classifier's target "
+        "probability on the observation against its mean over the completions (they agree for an "
+        "exact sampler; the gap is the bias of Eq. 17's plug-in).</p>"
+        + warn
+        + f"<table><tr><th class=l>policy</th>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
 def paired_html(paired: pd.DataFrame) -> str:
@@ -222,6 +279,8 @@ def build_report(
     summary.to_csv(out / "summary.csv", index=False)
     paired = load_paired(store, run_id, label=label)
     paired.to_csv(out / "paired.csv", index=False)
+    diagnostics = decision_diagnostics(store, run_id)
+    diagnostics.to_csv(out / "diagnostics.csv", index=False)
 
     sessions = store.sessions(run_id)
     figures = []
@@ -271,6 +330,8 @@ def build_report(
         summary_html(summary),
         "<h2>Paired comparison</h2>",
         paired_html(paired),
+        "<h2>Decision diagnostics</h2>",
+        diagnostics_html(diagnostics),
         "<h2>Sessions</h2>" + counts.to_html(border=0),
     ]
     if len(failed):

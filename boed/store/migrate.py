@@ -55,7 +55,11 @@ def upgrade(engine: Engine) -> None:
 
 # columns each revision added to an existing table (a table's columns at a revision are those of
 # the models minus what later revisions added)
-ADDED_COLUMNS = {"0002": {"runs": {"target", "error"}}, "0003": {"runs": {"kind"}}}
+ADDED_COLUMNS = {
+    "0002": {"runs": {"target", "error"}},
+    "0003": {"runs": {"kind"}},
+    "0004": {"steps": {"eig_se", "ess", "target_observed", "target_completions"}},
+}
 
 
 def _columns_at(revision: str) -> dict[str, set[str]]:
@@ -81,7 +85,7 @@ def _refuse_unversioned_tables(conn: Connection, engine: Engine) -> None:
         return
     found = {name: {c["name"] for c in inspect(conn).get_columns(name)} for name in ours}
     url = describe(engine.url)
-    match = [rev for rev in ("0003", "0002", "0001") if found == _columns_at(rev)]
+    match = [rev for rev in sorted(ADDED_COLUMNS | {"0001": {}}, reverse=True) if found == _columns_at(rev)]
     if not match:
         raise StoreError(
             f"database {url} has tables named like the store's ({', '.join(sorted(ours))}) but not its "

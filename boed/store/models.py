@@ -101,6 +101,11 @@ class Step(Base):
     eig: Mapped[float | None] = mapped_column(Float)  # EIG at the chosen location
     eig_map: Mapped[list[list[float | None]] | None] = mapped_column(JSON(none_as_null=True))  # (G, G) grid
     seconds: Mapped[float] = mapped_column(Float)
+    # diagnostics of the decision that chose this scan (null without an EIG estimate; migration 0004)
+    eig_se: Mapped[float | None] = mapped_column(Float)  # Monte Carlo standard error of the chosen EIG
+    ess: Mapped[float | None] = mapped_column(Float)  # effective sample size of the completions
+    target_observed: Mapped[float | None] = mapped_column(Float)  # g(target | x⊙m) before the scan
+    target_completions: Mapped[float | None] = mapped_column(Float)  # mean g(target | completion)
 
 
 class Prediction(Base):

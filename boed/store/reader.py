@@ -168,8 +168,10 @@ class ReadAPI(StoreBase):
         self, run_id: str | None = None, *, status: str | None = "done", eig_map: bool = False
     ) -> pd.DataFrame:
         """One row per step: ``run_id, session_id, policy, image_id, step, row, col, candidate,
-        eig, seconds`` (+ ``eig_map`` as nested lists with ``eig_map=True``). Step 0 has no scan
-        (row/col/candidate/eig missing). Only sessions with ``status`` (default ``done``; None = all)."""
+        eig, seconds, eig_se, ess, target_observed, target_completions`` (+ ``eig_map`` as nested
+        lists with ``eig_map=True``). Step 0 has no scan (row/col/candidate/eig missing); the four
+        diagnostics of the decision are missing where no EIG was estimated. Only sessions with
+        ``status`` (default ``done``; None = all)."""
         columns = [
             Session.run_id,
             Step.session_id,
@@ -181,6 +183,10 @@ class ReadAPI(StoreBase):
             Step.candidate,
             Step.eig,
             Step.seconds,
+            Step.eig_se,
+            Step.ess,
+            Step.target_observed,
+            Step.target_completions,
         ]
         if eig_map:
             columns.append(Step.eig_map)
@@ -194,7 +200,7 @@ class ReadAPI(StoreBase):
             df,
             ints=("session_id", "step"),
             nullable_ints=("row", "col", "candidate"),
-            floats=("eig", "seconds"),
+            floats=("eig", "seconds", "eig_se", "ess", "target_observed", "target_completions"),
         )
 
     def predictions(

@@ -81,6 +81,10 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+# per-step diagnostics of the decision (boed.store.models.Step, migration 0004)
+DIAGNOSTICS = ("eig_se", "ess", "target_observed", "target_completions")
+
+
 def finite_or_none(value: Any) -> float | None:
     """``float(value)``, or None for None, NaN and inf."""
     if value is None:

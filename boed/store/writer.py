@@ -12,6 +12,7 @@ from boed.store.base import StoreBase
 from boed.store.errors import StoreError
 from boed.store.models import Array, Prediction, Run, Session, Step
 from boed.store.records import (
+    DIAGNOSTICS,
     MAX_ERROR_CHARS,
     RUN_KINDS,
     RUN_STATUSES,
@@ -129,12 +130,21 @@ class WritePath(StoreBase):
         eig_map: Sequence[Sequence[float]] | None,
         probs: Sequence[float],
         seconds: float,
+        diagnostics: dict[str, float | None] | None = None,
     ) -> None:
         """Record one step (scan location, EIG, EIG map, timing) and its predictions, atomically.
 
         Step 0 is the prediction before any scan (``location=None``). ``probs`` holds one
-        probability per run label, in the run's label order.
+        probability per run label, in the run's label order. ``diagnostics`` holds the decision's
+        ``eig_se``, ``ess``, ``target_observed`` and ``target_completions`` (see
+        :class:`boed.store.models.Step`; missing keys and non-finite values are stored as null).
         """
+        unknown = sorted(set(diagnostics or {}) - set(DIAGNOSTICS))
+        if unknown:
+            raise StoreError(
+                f"unknown step diagnostics {', '.join(unknown)}; valid: {', '.join(DIAGNOSTICS)}"
+            )
+        extra = {k: finite_or_none((diagnostics or {}).get(k)) for k in DIAGNOSTICS}
         if location is not None:
             if len(location) != 2:
                 raise StoreError(f"location must be (row, col) or None, got {location!r}")
@@ -172,6 +182,7 @@ class WritePath(StoreBase):
                     eig=finite_or_none(eig),
                     eig_map=eig_grid,
                     seconds=float(seconds),
+                    **extra,
                 )
             )
             s.execute(

@@ -138,6 +138,26 @@ class TestStoreContract:
         with pytest.raises(StoreError, match=message):
             make_run(store, **changes)
 
+    def test_step_diagnostics_round_trip(self, store):
+        run_id = make_run(store)
+        sid = store.start_session(
+            run_id, image_id="d", image_index=0, policy="boed", true_labels=[1.0, 0.0, 0.0]
+        )
+        store.log_step(
+            sid, step=0, location=None, candidate=None, eig=None, eig_map=None, probs=[0.5] * 3, seconds=0.1
+        )
+        diag = {"eig_se": 0.01, "ess": 7.5, "target_observed": 0.4, "target_completions": float("nan")}
+        store.log_step(sid, step=1, location=(0, 0), candidate=0, eig=0.2, eig_map=None, probs=[0.6] * 3,
+                       seconds=0.1, diagnostics=diag)  # fmt: skip
+        with pytest.raises(StoreError, match="unknown step diagnostics gap"):
+            store.log_step(sid, step=2, location=(0, 0), candidate=0, eig=0.2, eig_map=None, probs=[0.6] * 3,
+                           seconds=0.1, diagnostics={"gap": 1.0})  # fmt: skip
+        store.finish_session(sid, status="done")
+        row = store.steps(run_id).set_index("step").loc[1]
+        assert (row["eig_se"], row["ess"], row["target_observed"]) == (0.01, 7.5, 0.4)
+        assert math.isnan(row["target_completions"])  # non-finite values are stored as null
+        assert len(store.steps(run_id)) == 2  # the refused step left nothing behind
+
     def test_bad_run_status_refused(self, store):
         with pytest.raises(StoreError, match="valid: done, failed, interrupted"):
             store.finish_run(make_run(store), status="finished")
@@ -154,8 +174,9 @@ class TestStoreContract:
         steps = store.steps(run_id, eig_map=True)
         assert list(steps.columns) == [
             "run_id", "session_id", "policy", "image_id", "step", "row", "col", "candidate", "eig",
-            "seconds", "eig_map",
+            "seconds", "eig_se", "ess", "target_observed", "target_completions", "eig_map",
         ]  # fmt: skip
+        assert steps[["eig_se", "ess", "target_observed", "target_completions"]].isna().all().all()
         assert steps["step"].tolist() == [0, 1, 2]
         assert steps["row"].isna().tolist() == [True, False, False] and steps["row"].iloc[1] == 4
         assert steps["eig"].iloc[2] == pytest.approx(0.25) and math.isnan(steps["eig"].iloc[0])

@@ -195,7 +195,7 @@ def test_unversioned_tables_of_the_newest_schema_or_of_something_else(tmp_path):
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
-    with pytest.raises(StoreError, match="match schema revision 0003: .*stamp 0003"):
+    with pytest.raises(StoreError, match="match schema revision 0004: .*stamp 0004"):
         Store.open(url)
     other = tmp_path / "other.db"
     engine = make_engine(other)
