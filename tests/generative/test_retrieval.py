@@ -264,3 +264,8 @@ def test_index_records_its_settings_and_data(tmp_path):
     assert s.meta["config"] == {"image_size": SIZE, "n_images": 8, "pca": 3, "noise_std": 0.2, "shift": 1}
     assert s.meta["data"] == {"train": {"n": 8}} and s.meta["sampler"] == "retrieval"
     assert build(path, shift=0, noise_std=0.5).shift == 0
+
+
+def test_no_index_says_how_to_build_one():
+    with pytest.raises(SamplerError, match="boed build-retrieval-index"):
+        build_sampler("retrieval")
