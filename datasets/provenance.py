@@ -111,6 +111,12 @@ def source_mismatch(trained_on: Mapping[str, Any] | None, data: Mapping[str, Any
             f"the checkpoint was trained on {t_source} images ({_short(trained['fingerprint'])}) but the "
             f"data are {source} images: its outputs may be meaningless on them"
         )
+    if source == "phantoms" and trained.get("generator") and data.get("generator"):
+        if trained["generator"] != data["generator"]:
+            return (
+                f"the checkpoint was trained on {trained['generator']} phantoms but the data are "
+                f"{data['generator']} phantoms (another distribution): retrain it on this version"
+            )
     if source != "phantoms" and data.get("fingerprint") and trained["fingerprint"] != data["fingerprint"]:
         return (
             f"the checkpoint was trained on another {source} collection ({_short(trained['fingerprint'])}) "
