@@ -5,7 +5,8 @@
         [--seed 0] [--threads 1] [--json OUT.json] [--grid OUT.png]
 
 For each mask distribution (``datasets.masks.MASKS``): L1 / MSE / MAEM on the missing pixels and
-PSNR / SSIM of the whole image, mean and best-of-n (:mod:`generative.metrics`), the mean pairwise
+PSNR / SSIM of the whole image, mean (weighted by the log-weights of a weighted sampler) and
+best-of-n (:mod:`generative.metrics`), the mean pairwise
 L1 distance between the completions of one input (:func:`generative.evaluation.pairwise_distance`),
 the mean of every per-draw diagnostic the sampler reports in ``Completions.info`` (e.g. the
 log-likelihood of autoregressive samplers, the effective sample size of weighted ones), and the
@@ -36,6 +37,7 @@ def evaluate_quality(sampler, images, mask_names, *, n_samples: int, seed: int, 
         masks = MASKS[name](n, size, generator=torch.Generator().manual_seed(seed))
         gen = torch.Generator().manual_seed(seed)
         values: dict[str, list] = {}
+        weights: list = []
         info: dict[str, list] = {}
         diversity = []
         t0 = time.perf_counter()
@@ -44,11 +46,14 @@ def evaluate_quality(sampler, images, mask_names, *, n_samples: int, seed: int, 
             done = sampler.sample(x * m, m, n_samples, generator=gen)
             for k, v in fidelity(done.images, x, m).items():
                 values.setdefault(k, []).append(v)
+            if done.log_weights is not None:
+                weights.append(done.log_weights)
             if n_samples > 1:
                 diversity.append(pairwise_distance(done.images)[0])
             for k, v in (done.info or {}).items():
                 info.setdefault(k, []).append(v.float().flatten())
-        row = summarise({k: torch.cat(v, 1) for k, v in values.items()})
+        log_w = torch.cat(weights, 1) if weights else None  # weighted samplers: their own estimate
+        row = summarise({k: torch.cat(v, 1) for k, v in values.items()}, log_w)
         row["observed_frac"] = float(masks.mean())
         row["diversity_l1"] = float(torch.cat(diversity).mean()) if diversity else 0.0
         row |= {f"info_{k}": float(torch.cat(v).mean()) for k, v in info.items()}

@@ -87,11 +87,16 @@ def fidelity(completions: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor)
     }
 
 
-def summarise(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``{metric: mean, metric_best: best-of-n mean}`` of :func:`fidelity`'s ``(n, B)`` values."""
+def summarise(values: dict[str, torch.Tensor], log_weights: torch.Tensor | None = None) -> dict[str, float]:
+    """``{metric: mean, metric_best: best-of-n mean}`` of :func:`fidelity`'s ``(n, B)`` values.
+
+    With ``log_weights`` ``(n, B)`` (a weighted sampler) the mean over an image's completions is
+    the self-normalised weighted mean, the sampler's own estimate; best-of-n ignores weights.
+    """
+    w = None if log_weights is None else torch.softmax(log_weights.double(), dim=0)
     out: dict[str, float] = {}
     for key, v in values.items():
         best = v.max(0).values if HIGHER_IS_BETTER.get(key, False) else v.min(0).values
-        out[key] = float(v.mean())
+        out[key] = float(v.mean()) if w is None else float((w * v.double()).sum(0).mean())
         out[f"{key}_best"] = float(best.mean())
     return out

@@ -68,3 +68,11 @@ def test_quality_script_scores_a_sampler(tmp_path):
     row = out["masks"]["centre_square"]
     assert 0 < row["l1_best"] <= row["l1"] and row["psnr_best"] >= row["psnr"] and row["diversity_l1"] > 0
     assert out["seconds_per_10"] > 0
+
+
+def test_summarise_weights_the_mean_of_a_weighted_sampler():
+    values = {"l1": torch.tensor([[0.1], [0.5]])}
+    assert np.isclose(summarise(values)["l1"], 0.3)
+    lw = torch.log(torch.tensor([[0.75], [0.25]]))
+    out = summarise(values, lw)
+    assert np.isclose(out["l1"], 0.75 * 0.1 + 0.25 * 0.5) and np.isclose(out["l1_best"], 0.1)
