@@ -94,6 +94,46 @@ def _fmt(v: float) -> str:
     return "–" if v is None or math.isnan(float(v)) else f"{float(v):.3f}"
 
 
+def _paired_table(paired):
+    """Each policy minus the reference on the same images, per scan; ``*``: the paired 95% CI
+    excludes 0 (the CIs themselves and McNemar's test are in paired.csv and the report)."""
+    from rich.table import Table
+
+    scans = sorted(int(s) for s in paired["scans"].unique())
+    ref = str(paired["reference"].iloc[0])
+    table = Table(title=f"minus {ref}, same images (* = paired 95% CI excludes 0)", title_justify="left")
+    table.add_column("scans:", no_wrap=True)
+    for s in scans:
+        table.add_column(str(s), justify="right", no_wrap=True)
+    for key, name in (
+        ("accuracy", "Δ accuracy"),
+        ("auroc", "Δ AUROC"),
+        ("log_loss", "Δ log loss"),
+        ("brier", "Δ Brier"),
+    ):
+        table.add_row(f"[bold]{name}[/bold]", *[""] * len(scans))
+        for policy, sub in paired.groupby("policy", sort=False):
+            cells = []
+            for r in sub.sort_values("scans").itertuples():
+                value, lo, hi = (float(getattr(r, k)) for k in (key, f"{key}_lo", f"{key}_hi"))
+                star = "*" if not math.isnan(lo) and (lo > 0 or hi < 0) else " "
+                cells.append("–" if math.isnan(value) else f"{value:+.3f}{star}")
+            table.add_row(f"  {policy}", *cells)
+        if key != "brier":
+            table.add_section()
+    return table
+
+
+def _print_results(summary, title: str, store, run_id: str) -> None:
+    """The summary table, then the paired differences against random when the run has both."""
+    from boed.report import load_paired
+
+    console.print(_summary_table(summary, title))
+    paired = load_paired(store, run_id)
+    if not paired.empty:
+        console.print(_paired_table(paired))
+
+
 def simulate(
     images: str = typer.Option(
         "chestxray",
@@ -279,11 +319,11 @@ def simulate(
 
         run, tgt, summary = load_target_summary(store, run_id)
         wall = time.perf_counter() - t_start
-        console.print(
-            _summary_table(
-                summary,
-                f"run {run_id}: {tgt.title} vs number of scans ({config.images}, {config.preset} preset)",
-            )
+        _print_results(
+            summary,
+            f"run {run_id}: {tgt.title} vs number of scans ({config.images}, {config.preset} preset)",
+            store,
+            run_id,
         )
         console.print(
             f"run {run_id} ({run.status}) in {wall:.0f} s wall; "
@@ -531,7 +571,7 @@ def report(
         _check_owner(out, folder, run_id)
         _, tgt, summary = load_target_summary(store, run_id)
         index = _write_report(build_report, store, run_id, out)
-        console.print(_summary_table(summary, f"run {run_id}: {tgt.title} vs number of scans"))
+        _print_results(summary, f"run {run_id}: {tgt.title} vs number of scans", store, run_id)
         console.print(f"report: {index}")
 
 

@@ -71,6 +71,10 @@ def test_simulate_end_to_end_and_report(toys, tmp_path):
     out = result.stdout
     for word in ("accuracy", "AUROC", "entropy", "boed (n=3)", "random (n=3)", "oracle (n=3)", "full image"):
         assert word in out
+    # the paired differences against random follow, for every other policy
+    assert "minus random, same images" in out and "Δ log loss" in out and "  oracle" in out
+    for name in ("summary.csv", "paired.csv", "diagnostics.csv"):
+        assert (tmp_path / "report" / name).is_file()
     assert toys["dataset"] == ("chestxray", "test", 32, 3) and toys["sampler"][0] == "aipo"
     index = tmp_path / "report" / "index.html"
     html = index.read_text()
