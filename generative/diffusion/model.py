@@ -143,8 +143,19 @@ def check_config(config: DiffusionConfig) -> None:
         )
     if config.timesteps < 2:
         raise SamplerError(f"timesteps must be at least 2, got {config.timesteps}")
-    if config.base_channels < 1 or not config.channel_mult or min(config.channel_mult) < 1:
-        raise SamplerError("base_channels and every channel_mult must be positive")
+    if (
+        config.base_channels < 1
+        or not config.channel_mult
+        or min(config.channel_mult) < 1
+        or config.patch < 1
+    ):
+        raise SamplerError("base_channels, patch and every channel_mult must be positive")
+    factor = config.patch * 2 ** (len(config.channel_mult) - 1)
+    if config.image_size % factor:
+        raise SamplerError(
+            f"image_size {config.image_size} is not divisible by patch × 2^(levels − 1) = {factor} "
+            f"(patch {config.patch}, {len(config.channel_mult)} channel_mult levels)"
+        )
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:

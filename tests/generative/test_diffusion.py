@@ -392,6 +392,22 @@ def test_bad_sampling_options_are_one_line(name, options, message):
 def test_bad_config_is_a_sampler_error():
     with pytest.raises(SamplerError, match="noise_schedule"):
         DiffusionModel(FAMILY.config("tiny", noise_schedule="quadratic"))
+    with pytest.raises(SamplerError, match="not divisible by patch"):
+        DiffusionModel(FAMILY.config("tiny", patch=3))
+
+
+def test_checkpoint_with_a_bad_config_is_one_line(tmp_path):
+    import json
+
+    from generative.registry import build_sampler, untrained_checkpoint
+
+    ckpt = untrained_checkpoint("diffusion", tmp_path / "d", preset="tiny")
+    sidecar = tmp_path / "d.json"
+    meta = json.loads(sidecar.read_text())
+    meta["config"]["noise_schedule"] = "quadratic"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SamplerError, match=r"d\.json: its config does not build a model"):
+        build_sampler("diffusion", ckpt, preset="tiny")
 
 
 def test_checkpoint_of_the_other_kind_is_refused(tmp_path):
