@@ -105,7 +105,7 @@ def test_dcgan_losses_are_the_gan_losses():
     p = torch.sigmoid(model.discriminator(torch.cat([x * 2 - 1, fake])))
     real_p, fake_p = p[:4], p[4:]
     assert float(d["loss"].detach()) == pytest.approx(
-        float(-real_p.log().mean() - (1 - fake_p).log().mean()), rel=1e-5
+        float((-real_p.log().mean() - (1 - fake_p).log().mean()).detach()), rel=1e-5
     )
 
 
