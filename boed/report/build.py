@@ -125,6 +125,8 @@ def decision_diagnostics(store: Any, run_id: str) -> pd.DataFrame:
     ``target_completions``, their ``gap`` (completions − observation) and ``abs_gap``. Only steps
     chosen from an EIG estimate; empty when there are none."""
     steps = store.steps(run_id)
+    if "eig_se" not in steps.columns:  # a store without the diagnostics (an older reader or test double)
+        return pd.DataFrame()
     steps = steps[steps["eig_se"].notna() | steps["target_completions"].notna()]
     if steps.empty:
         return pd.DataFrame()
