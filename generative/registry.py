@@ -122,13 +122,21 @@ SPECS: dict[str, SamplerSpec] = {
             "diffusion",
             "mask-conditioned DDPM (Ho et al. 2020) on cat([x_t, x*m, m]), DDIM sampling (Song et al. 2021)",
             family="generative.diffusion.family:FAMILY",
-            shipped="diffusion-phantom",
+            no_shipped=(
+                "there is no shipped diffusion checkpoint (the one trained on the shared CPU was far too short: "
+                "its completions gave the classifier chance-level Any accuracy, generative/README.md); train "
+                "one with `boed train-sampler --sampler diffusion --preset {preset} --out CKPT` and pass CKPT"
+            ),
         ),
         SamplerSpec(
             "repaint",
             "RePaint (Lugmayr et al. 2022): unconditional DDPM, known pixels re-noised each step, resampling",
             family="generative.diffusion.family:FAMILY",
-            shipped="repaint-phantom",
+            no_shipped=(
+                "there is no shipped repaint checkpoint (the one trained on the shared CPU was far too short: "
+                "its completions gave the classifier chance-level Any accuracy, generative/README.md); train "
+                "one with `boed train-sampler --sampler repaint --preset {preset} --out CKPT` and pass CKPT"
+            ),
         ),
         SamplerSpec(
             "gan-yeh",

@@ -436,18 +436,13 @@ def test_eps_skip_is_the_exact_predictor_of_gaussian_data():
     assert torch.equal(plain.eps(x_t, t), torch.zeros_like(x_t))
 
 
-@pytest.mark.parametrize(
-    "name,options", [("diffusion", {"steps": 2}), ("repaint", {"steps": 2, "jump_n_sample": 1})]
-)
-def test_shipped_checkpoint_loads_and_samples(name, options):
+@pytest.mark.parametrize("name", ["diffusion", "repaint"])
+def test_no_shipped_checkpoint_says_why_and_how_to_train_one(name):
+    # the CPU-trained checkpoints were withdrawn: chance-level Any accuracy on their completions
+    from generative.errors import SamplerError
     from generative.registry import build_sampler
 
-    sampler = build_sampler(name, **options)  # generative/weights/<name>-phantom-cpu
-    assert sampler.meta["sampler"] == name and sampler.meta["trained_on"]["source"] == "phantoms"
-    assert sampler.meta["training"]["step"] >= 350 and sampler.meta["config"]["ema_rate"] > 0
-    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    mask = torch.zeros_like(x)
-    mask[..., 10:30, 10:30] = 1
-    out = sampler.sample(x * mask, mask, 2, generator=torch.Generator().manual_seed(0)).images
-    assert out.shape == (2, 1, 1, 64, 64) and torch.isfinite(out).all()
-    assert torch.equal(out[:, :, mask.bool()[0]], (x * mask).expand(2, 1, 1, 64, 64)[:, :, mask.bool()[0]])
+    with pytest.raises(
+        SamplerError, match=f"no shipped {name} checkpoint .*chance-level.*train-sampler --sampler {name}"
+    ):
+        build_sampler(name)
