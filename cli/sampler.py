@@ -463,19 +463,25 @@ def _print_table(result: dict) -> None:
 
 
 def samplers_command() -> None:
-    """List the registered samplers: how each is built, whether it trains, what ships."""
+    """List the registered samplers: whether each trains, whether its n completions differ (one = a
+    deterministic point estimate), whether a cpu checkpoint ships."""
     from rich.table import Table
 
     from boed.runtime.checkpoints import checkpoint_paths
     from generative.registry import SPECS, WEIGHTS
 
-    table = Table("sampler", "trains", "completions", "shipped (cpu)", "what it is")
+    table = Table(show_lines=False)
+    table.add_column("sampler", no_wrap=True)
+    table.add_column("trains", overflow="fold")
+    table.add_column("draws", overflow="fold")
+    table.add_column("ships", overflow="fold")
+    table.add_column("what it is", overflow="fold", ratio=1)
     for name, spec in SPECS.items():
         shipped = spec.shipped and checkpoint_paths(WEIGHTS / f"{spec.shipped}-cpu")[1].is_file()
         table.add_row(
             name,
-            "yes" if spec.family else ("builds a file" if spec.artifact else "no"),
-            "identical (point estimate)" if spec.deterministic else "random",
+            "yes" if spec.family else ("index" if spec.artifact else "no"),
+            "one" if spec.deterministic else "n",
             "yes" if shipped else "-",
             spec.summary,
         )
