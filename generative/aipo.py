@@ -36,7 +36,7 @@ from torch import nn
 
 from generative.config import OBJECTIVES, PRESETS, AIPOConfig
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily
+from generative.family import ModelSampler, SamplerFamily
 from generative.likelihood import bits_per_dim, dmol_log_prob, dmol_sample
 from generative.vdvae import Encoder, HierarchicalVAE, PosteriorFn, to_model_range
 
@@ -178,7 +178,7 @@ class AIPO(nn.Module):
 
 
 # -- adapter to boed.protocols.Sampler ---------------------------------------------------------------
-class AIPOSampler(SamplerBase):
+class AIPOSampler(ModelSampler):
     """boed's Sampler protocol over a trained :class:`AIPO` (or its VAE alone for ``name="vae"``).
 
     ``sample(observed, mask, n, generator=None)`` → ``Completions(images (n, B, 1, H, W),
@@ -199,14 +199,7 @@ class AIPOSampler(SamplerBase):
         temperature: float | None = None,
         pixel_noise: bool | None = None,
     ):
-        super().__init__(
-            name=name,
-            image_size=model.image_size,
-            sha256=sha256,
-            meta=meta,
-            device=next(model.parameters()).device,
-        )
-        self.model = model.eval()
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
         self.temperature = model.config.temperature if temperature is None else float(temperature)
         self.pixel_noise = model.config.pixel_noise if pixel_noise is None else bool(pixel_noise)
 

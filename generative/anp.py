@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily, reject_options
+from generative.family import ModelSampler, SamplerFamily, reject_options
 
 
 @dataclass(frozen=True)
@@ -266,18 +266,11 @@ class ANP(nn.Module):
         return mu_y.reshape(n, b, 1, h, w)
 
 
-class ANPSampler(SamplerBase):
+class ANPSampler(ModelSampler):
     """boed's Sampler over a trained :class:`ANP`; option ``pixel_noise`` (default off)."""
 
     def __init__(self, model: ANP, *, name, sha256, meta, pixel_noise=None):
-        super().__init__(
-            name=name,
-            image_size=model.image_size,
-            sha256=sha256,
-            meta=meta,
-            device=next(model.parameters()).device,
-        )
-        self.model = model.eval()
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
         self.pixel_noise = bool(pixel_noise)
 
     def complete(self, observed, mask, n, generator):

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily
+from generative.family import ModelSampler, SamplerFamily
 
 LOSSES = ("l2", "adv", "wgan")
 OUT_WIDTH = 8  # channels of the last upsampled map (full resolution: the costliest layer on a CPU)
@@ -290,7 +290,7 @@ class ContextEncoder(nn.Module):
 
 
 # -- the sampler --------------------------------------------------------------------------------------
-class ContextEncoderSampler(SamplerBase):
+class ContextEncoderSampler(ModelSampler):
     """boed's Sampler over a trained context encoder: ``n`` identical completions (a point estimate).
 
     ``sample(observed, mask, n)`` → ``Completions(images (n, B, 1, S, S))``; the generator is
@@ -303,14 +303,7 @@ class ContextEncoderSampler(SamplerBase):
     def __init__(
         self, model: ContextEncoder, *, name: str, sha256: str | None = None, meta: dict | None = None
     ):
-        super().__init__(
-            name=name,
-            image_size=model.image_size,
-            sha256=sha256,
-            meta=meta,
-            device=next(model.parameters()).device,
-        )
-        self.model = model.eval()
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
 
     def complete(self, observed, mask, n, generator):
         one = self.model.complete(observed, mask)  # (B, 1, S, S)

@@ -325,3 +325,18 @@ class SamplerBase:
         move = lambda t: None if t is None else t.detach().to(out_device)  # noqa: E731
         info = None if result.info is None else {k: move(v) for k, v in result.info.items()}
         return Completions(images=images.to(out_device), log_weights=move(result.log_weights), info=info)
+
+
+class ModelSampler(SamplerBase):
+    """A :class:`SamplerBase` over one trained network ``model`` (in eval mode, as ``self.model``):
+    its ``image_size`` and the device of its parameters are the sampler's."""
+
+    def __init__(self, model: nn.Module, *, name: str, sha256: str | None = None, meta: dict | None = None):
+        super().__init__(
+            name=name,
+            image_size=model.image_size,
+            sha256=sha256,
+            meta=meta,
+            device=next(model.parameters()).device,
+        )
+        self.model = model.eval()

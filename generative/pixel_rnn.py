@@ -131,7 +131,10 @@ def conv_matrix(conv: nn.Conv2d) -> torch.Tensor:
 
 
 class _PixelRNN(AutoregressiveNet):
-    """The mask-A input convolution and the output head shared by Row LSTM and Diagonal BiLSTM."""
+    """The mask-A input convolution, ``layers`` residual LSTM layers of ``layer_class`` and the
+    output head: Row LSTM and Diagonal BiLSTM differ only in their layer."""
+
+    layer_class: type[nn.Module]
 
     def __init__(self, config: PixelRNNConfig):
         super().__init__()
@@ -148,6 +151,15 @@ class _PixelRNN(AutoregressiveNet):
             nn.ReLU(),
             nn.Conv2d(config.channels, config.levels, 1),
         )
+        self.layers = nn.ModuleList(
+            self.layer_class(config.channels, config.hidden) for _ in range(config.layers)
+        )
+
+    def logits(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        h = self.first(network_input(x, self.levels))
+        for k, layer in enumerate(self.layers):
+            h = layer(h, None if states is None else states[k])
+        return self.head(h)
 
     def head_at(self, x: torch.Tensor) -> torch.Tensor:
         """The head on channels-last features ``(..., C) -> (..., K)`` (matrix products)."""
@@ -213,17 +225,7 @@ class RowLSTMLayer(nn.Module):
 class RowLSTM(_PixelRNN):
     """7×7 mask A, ``layers`` Row LSTM layers with residual connections, the ReLU/1×1 head."""
 
-    def __init__(self, config: PixelRNNConfig):
-        super().__init__(config)
-        self.layers = nn.ModuleList(
-            RowLSTMLayer(config.channels, config.hidden) for _ in range(config.layers)
-        )
-
-    def logits(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
-        h = self.first(network_input(x, self.levels))
-        for k, layer in enumerate(self.layers):
-            h = layer(h, None if states is None else states[k])
-        return self.head(h)
+    layer_class = RowLSTMLayer
 
     def sample_cached(self, observed, mask, n, *, temperature=1.0, generator=None):
         """Row by row from the kept states of the row above; a drawn pixel reruns its row only."""
@@ -353,17 +355,7 @@ class DiagonalBiLSTMLayer(nn.Module):
 class DiagonalBiLSTM(_PixelRNN):
     """7×7 mask A, ``layers`` Diagonal BiLSTM layers with residual connections, the ReLU/1×1 head."""
 
-    def __init__(self, config: PixelRNNConfig):
-        super().__init__(config)
-        self.layers = nn.ModuleList(
-            DiagonalBiLSTMLayer(config.channels, config.hidden) for _ in range(config.layers)
-        )
-
-    def logits(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
-        h = self.first(network_input(x, self.levels))
-        for k, layer in enumerate(self.layers):
-            h = layer(h, None if states is None else states[k])
-        return self.head(h)
+    layer_class = DiagonalBiLSTMLayer
 
     def sample_cached(self, observed, mask, n, *, temperature=1.0, generator=None):
         """One LSTM cell step per layer per pixel, left to right; the row's right-to-left scan after it."""

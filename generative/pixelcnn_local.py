@@ -48,7 +48,7 @@ from generative.autoregressive import (
     sample_raster,
 )
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily, reject_options
+from generative.family import ModelSampler, SamplerFamily, reject_options
 
 SAMPLING_METHODS = ("cached", "reference")
 
@@ -163,7 +163,7 @@ def draw_pixel(logits, canvas, mask_m, log_lik, i, j, levels, temperature, gener
     canvas[:, 0, i, j] = torch.where(missing, dequantise(drawn, levels).to(canvas.dtype), canvas[:, 0, i, j])
 
 
-class AutoregressiveSampler(SamplerBase):
+class AutoregressiveSampler(ModelSampler):
     """boed's Sampler over an :class:`AutoregressiveNet`: raster-order inpainting.
 
     The missing pixels are drawn one by one in raster order with the observed ones fixed (each
@@ -176,14 +176,7 @@ class AutoregressiveSampler(SamplerBase):
     """
 
     def __init__(self, model: AutoregressiveNet, *, name, sha256, meta, temperature=None, method=None):
-        super().__init__(
-            name=name,
-            image_size=model.image_size,
-            sha256=sha256,
-            meta=meta,
-            device=next(model.parameters()).device,
-        )
-        self.model = model.eval()
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
         self.temperature = 1.0 if temperature is None else float(temperature)
         if not self.temperature > 0:
             raise SamplerError(f"{name}: temperature must be positive, got {temperature!r}")

@@ -104,7 +104,8 @@ SPECS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "anp",
-            "Attentive Neural Process (Kim et al. 2019): pixel coordinates to intensities, a latent per completion",
+            "Attentive Neural Process (Kim et al. 2019): pixel coordinates to intensities, "
+            "a latent per completion",
             family="generative.anp:FAMILY",
         ),
         SamplerSpec(
@@ -123,7 +124,7 @@ SPECS: dict[str, SamplerSpec] = {
             "mask-conditioned DDPM (Ho et al. 2020) on cat([x_t, x*m, m]), DDIM sampling (Song et al. 2021)",
             family="generative.diffusion.family:FAMILY",
             no_shipped=(
-                "there is no shipped diffusion checkpoint (the one trained on the shared CPU was far too short: "
+                "there is no shipped diffusion checkpoint (the one trained on the shared CPU was too short: "
                 "its completions gave the classifier chance-level Any accuracy, generative/README.md); train "
                 "one with `boed train-sampler --sampler diffusion --preset {preset} --out CKPT` and pass CKPT"
             ),
@@ -133,14 +134,15 @@ SPECS: dict[str, SamplerSpec] = {
             "RePaint (Lugmayr et al. 2022): unconditional DDPM, known pixels re-noised each step, resampling",
             family="generative.diffusion.family:FAMILY",
             no_shipped=(
-                "there is no shipped repaint checkpoint (the one trained on the shared CPU was far too short: "
+                "there is no shipped repaint checkpoint (the one trained on the shared CPU was too short: "
                 "its completions gave the classifier chance-level Any accuracy, generative/README.md); train "
                 "one with `boed train-sampler --sampler repaint --preset {preset} --out CKPT` and pass CKPT"
             ),
         ),
         SamplerSpec(
             "gan-yeh",
-            "DCGAN latent search (Yeh et al. 2017): importance-weighted context + prior loss, Poisson blending",
+            "DCGAN latent search (Yeh et al. 2017): importance-weighted context + prior loss, "
+            "Poisson blending",
             family="generative.gan.dcgan:FAMILY",
         ),
         SamplerSpec(
