@@ -281,3 +281,27 @@ def test_refused_values_are_not_write_faults(store):
         with pytest.raises(StoreError) as err:
             call()
         assert not isinstance(err.value, StoreWriteError)
+
+
+def test_steps_of_older_schemas_read_null_diagnostics_and_0004_downgrades(store_url):
+    """Migration 0004 adds the decision diagnostics to steps: older steps read null, new ones keep
+    them; 0004 downgrades to 0003 and back."""
+    _to_revision(store_url, "0001")
+    _populate_first_schema(store_url)
+    _to_revision(store_url, "0003")
+    with Store.open(store_url) as store:  # 0003 -> head
+        steps = store.steps()
+        assert (
+            len(steps)
+            and steps[["eig_se", "ess", "target_observed", "target_completions"]].isna().all().all()
+        )
+    engine = make_engine(store_url)
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003")
+    with engine.connect() as conn:
+        assert "eig_se" not in {c["name"] for c in inspect(conn).get_columns("steps")}
+    engine.dispose()
+    with Store.open(store_url) as store:
+        assert len(store.steps()) == len(steps)
