@@ -1,7 +1,7 @@
 """Figures of the baseline samplers II (issue 14): local PixelCNN, Row LSTM, Diagonal BiLSTM,
 Flattened Row LSTM, Attentive Neural Process.
 
-    python benchmarks/baselines_ii.py --checkpoint pixelcnn-local=/tmp/b2/pixelcnn-local-cpu \\
+    python benchmarks/baselines_ii.py --checkpoint pixelcnn-local=CKPT \\
         [--checkpoint row-lstm=...] [--n-images 8] [--n-samples 4] [--bpd-images 32] \\
         [--threads 1] [--json benchmarks/results/baselines_ii.json]
 

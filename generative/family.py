@@ -27,6 +27,7 @@ observed; completions ``(n, B, 1, H, W)``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 MaskFn = Callable[[int, int, torch.Generator], torch.Tensor]
 
 
-class SamplerFamily:
+class SamplerFamily(abc.ABC):
     """What the trainer, the loader and the registry need from one model family.
 
     Subclasses set the class attributes and implement the three abstract methods; the rest has
@@ -80,10 +81,11 @@ class SamplerFamily:
         return config
 
     # -- the model -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def build_model(self, config: Any, options: Any = None) -> nn.Module:
         """A freshly initialised model for ``config`` (``options``: the trainer's TrainOptions)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def phases(self, model: nn.Module, net: nn.Module, config: Any, ema: EMA | None) -> list[Phase]:
         """The training phases, one per optimiser, run in order every step.
 
@@ -92,14 +94,13 @@ class SamplerFamily:
         phase's loss function gets the step's batch ``(x, mask)``. Attach ``ema`` to the phase
         whose update should advance it (it averages the whole model).
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def make_sampler(self, model: nn.Module, *, name: str, sha256: str | None, meta: dict, **options: Any):
         """The :class:`boed.protocols.Sampler` called ``name`` over a trained ``model``.
 
         ``options`` are sampling options of this family (a ``SamplerError`` for unknown ones).
         """
-        raise NotImplementedError
 
     # -- defaults ------------------------------------------------------------------------------
     def ema_decay(self, config: Any) -> Callable[[int], float] | None:
@@ -128,6 +129,7 @@ class SamplerFamily:
         self, module: nn.Module, x: torch.Tensor, mask: torch.Tensor, out: Path, step: int
     ) -> None:
         """Hook after each validation on rank 0 (e.g. write a sample grid next to ``out``)."""
+        return None  # a hook: most families write nothing
 
     def kind(self, config: Any, name: str) -> str:
         """The registry name a checkpoint trained as ``name`` with ``config`` records."""
@@ -271,7 +273,7 @@ def reject_options(name: str, options: Mapping[str, Any], valid: tuple[str, ...]
         raise SamplerError(f"sampler {name!r} has no option {', '.join(unknown)} (its options: {have})")
 
 
-class SamplerBase:
+class SamplerBase(abc.ABC):
     """Shared half of a :class:`boed.protocols.Sampler`: subclasses implement :meth:`complete`.
 
     :meth:`sample` checks the inputs, moves them to the model's device, calls
@@ -299,11 +301,11 @@ class SamplerBase:
         self.meta = meta or {}
         self.device = torch.device(device)
 
+    @abc.abstractmethod
     def complete(
         self, observed: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator | None
     ) -> torch.Tensor | Completions:
         """``(n, B, 1, H, W)`` completions (or a full :class:`Completions`), inputs on ``self.device``."""
-        raise NotImplementedError
 
     def sample(
         self, observed: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator | None = None
@@ -329,12 +331,12 @@ class SamplerBase:
 
 class ModelSampler(SamplerBase):
     """A :class:`SamplerBase` over one trained network ``model`` (in eval mode, as ``self.model``):
-    its ``image_size`` and the device of its parameters are the sampler's."""
+    its ``config.image_size`` and the device of its parameters are the sampler's."""
 
     def __init__(self, model: nn.Module, *, name: str, sha256: str | None = None, meta: dict | None = None):
         super().__init__(
             name=name,
-            image_size=model.image_size,
+            image_size=model.config.image_size,
             sha256=sha256,
             meta=meta,
             device=next(model.parameters()).device,

@@ -84,7 +84,7 @@ from generative.autoregressive import (
     sample_raster,
 )
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily
+from generative.family import ModelSampler, SamplerFamily
 
 MODELS = ("pixel-constrained", "conditional-pixelcnn")
 METHODS = ("fast", "raster")
@@ -604,7 +604,7 @@ def training_masks(
 
 
 # -- the sampler and the family -------------------------------------------------------------------------
-class PixelConstrainedSampler(SamplerBase):
+class PixelConstrainedSampler(ModelSampler):
     """:class:`boed.protocols.Sampler` over a model; ``info``: ``log_likelihood``, ``rank`` ``(n, B)``.
 
     Options: ``temperature`` (default: the config's), ``method`` (``fast`` | ``raster``),
@@ -613,9 +613,7 @@ class PixelConstrainedSampler(SamplerBase):
 
     def __init__(self, model: PixelConstrainedCNN, *, name, sha256, meta, temperature=None, method=None,
                  sort_by_likelihood=None):  # fmt: skip
-        super().__init__(name=name, image_size=model.image_size, sha256=sha256, meta=meta,
-                         device=next(model.parameters()).device)  # fmt: skip
-        self.model = model.eval()
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
         self.temperature = model.config.temperature if temperature is None else float(temperature)
         if not self.temperature > 0 or not math.isfinite(self.temperature):
             raise SamplerError(

@@ -32,6 +32,7 @@ completions ``(n, B, 1, H, W)`` with log-likelihoods ``(n, B)`` (nats, the sampl
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ def network_input(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 # -- the shared half of every raster-order model ---------------------------------------------------------
-class AutoregressiveNet(nn.Module):
+class AutoregressiveNet(nn.Module, abc.ABC):
     """A raster-order model ``p(x) = prod_i p(x_i | x_<i)`` over ``levels`` grey levels.
 
     Subclasses implement :meth:`logits` (the whole image at once, the training path and the
@@ -103,9 +104,9 @@ class AutoregressiveNet(nn.Module):
     levels: int
     image_size: int
 
+    @abc.abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, 1, H, W)`` in [0, 1] -> logits ``(B, K, H, W)``; pixel ``i`` sees only ``x_<i``."""
-        raise NotImplementedError
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood per image in nats ``(B,)`` (every pixel)."""

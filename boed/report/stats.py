@@ -54,7 +54,11 @@ def per_image(metric: str, probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def auroc_by_ranks(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """AUROC along the last axis as U / (n₁·n₀) with mid-ranks for ties (scikit-learn's value);
-    NaN where a row has one class only."""
+    NaN where a row has one class only.
+
+    Written here rather than calling ``sklearn.metrics.roc_auc_score`` because it scores all
+    2,000 bootstrap resamples (rows with different numbers of positives) in one vectorised call;
+    ``scipy.stats.rankdata`` does the ranking and a test pins it to scikit-learn's value."""
     from scipy.stats import rankdata
 
     probs, truth = np.asarray(probs, dtype=float), np.asarray(truth, dtype=float) > 0.5

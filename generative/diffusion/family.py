@@ -19,6 +19,7 @@ All N completions of all B images run as one batch of N·B through the network.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from generative.diffusion.model import (
 )
 from generative.diffusion.sampling import ddim_inpaint, repaint, repaint_calls
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily, reject_options
+from generative.family import ModelSampler, SamplerFamily, reject_options
 
 
 def _positive_int(name: str, option: str, value) -> int:
@@ -48,13 +49,11 @@ def _eta(name: str, value) -> float:
     return float(value)
 
 
-class _DiffusionSamplerBase(SamplerBase):
+class _DiffusionSamplerBase(ModelSampler):
     """Shared half of both adapters: the model, its device, batching N completions of B images."""
 
     def __init__(self, model: DiffusionModel, *, name: str, sha256, meta, steps: int):
-        device = next(model.parameters()).device
-        super().__init__(name=name, image_size=model.image_size, sha256=sha256, meta=meta, device=device)
-        self.diffusion = model.eval()  # not `model`: generative.evaluation reads a VAE from `.model`
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
         steps = _positive_int(name, "steps", steps)
         if steps > model.config.timesteps:
             raise SamplerError(
@@ -64,8 +63,9 @@ class _DiffusionSamplerBase(SamplerBase):
         self.steps = steps
         self.clip = 1.0 if model.config.clip_x0 else None
 
+    @abc.abstractmethod
     def _run(self, y: torch.Tensor, m: torch.Tensor, generator) -> torch.Tensor:
-        raise NotImplementedError
+        """The N·B completions in the model range from the noised start (DDIM or RePaint)."""
 
     def complete(self, observed, mask, n, generator):
         b = observed.shape[0]
@@ -87,7 +87,7 @@ class DiffusionSampler(_DiffusionSamplerBase):
         return self.steps
 
     def _run(self, y, m, generator):
-        model = self.diffusion
+        model = self.model
         return ddim_inpaint(
             lambda x_t, t: model.eps(x_t, t, y, m),
             y,
@@ -116,7 +116,7 @@ class RePaintSampler(_DiffusionSamplerBase):
         return repaint_calls(self.steps, self.jump_length, self.jump_n_sample)
 
     def _run(self, y, m, generator):
-        model = self.diffusion
+        model = self.model
         return repaint(
             lambda x_t, t: model.eps(x_t, t),
             y,

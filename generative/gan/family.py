@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from generative.errors import SamplerError
-from generative.family import SamplerBase, SamplerFamily, reject_options
+from generative.family import ModelSampler, SamplerFamily, reject_options
 from generative.gan.latent_search import LOSSES, SearchOptions, latent_search
 
 OPTIONS = ("loss", "iterations", "lr", "patience", "blend", "langevin", "alpha", "beta", "eta", "lam")
@@ -106,21 +106,15 @@ def _check_option(name: str, key: str, value: Any, ok: bool, what: str) -> None:
         raise SamplerError(f"sampler {name!r}: option {key}={value!r}: {what}")
 
 
-class GANSampler(SamplerBase):
+class GANSampler(ModelSampler):
     """Latent-search inpainting over a trained GAN (see the module docstring)."""
 
     needs_grad = True
 
     def __init__(self, model: nn.Module, *, name: str, sha256, meta, losses: tuple[str, ...], **options: Any):
         config = model.config
-        super().__init__(
-            name=name,
-            image_size=config.image_size,
-            sha256=sha256,
-            meta=meta,
-            device=next(model.parameters()).device,
-        )
-        self.model = model.eval().requires_grad_(False)  # only z is optimised
+        super().__init__(model, name=name, sha256=sha256, meta=meta)
+        self.model.requires_grad_(False)  # only z is optimised
         given = {k: v for k, v in options.items() if v is not None}
         defaults = {
             "loss": config.search_loss,
