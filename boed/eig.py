@@ -234,32 +234,23 @@ def expected_information_gain(
     """
     observed, mask = _single(observed, "observed"), _single(mask, "mask")
     images = _completion_images(completions, observed.shape)  # (N, 1, H, W)
-    check_finite(images, "the sampler returned non-finite completions")
     if log_weights is None and hasattr(completions, "log_weights"):
         log_weights = completions.log_weights
-    cand = _candidate_masks(candidates).to(observed.device)  # (K, 1, H, W)
-    if cand.dim() != 4 or cand.shape[1:] != observed.shape[1:]:
-        raise BoedError(f"candidate masks {tuple(cand.shape)} do not match the image {tuple(observed.shape)}")
-    tgt = resolve_target(target, list(classifier.labels))
-    n, k = images.shape[0], cand.shape[0]
-    weights = normalised_weights(log_weights, n, observed.device)
-    if current_probs is None:
-        current_probs = classifier.predict(observed, mask)
-    check_finite(current_probs, "the classifier returned non-finite probabilities on the observation")
-    h_now = target_entropy(current_probs.reshape(1, -1), tgt)[0]
+    lw = None if log_weights is None else log_weights.reshape(-1)
+    from boed.protocols import Completions
 
-    seen = mask > 0.5
-    new_masks = seen | (cand > 0.5)  # (K, 1, H, W) bool
-    reveals = (new_masks & ~seen).flatten(1).any(1)  # (K,)
-    ig = torch.zeros(n, k, dtype=torch.float64, device=observed.device)
-    active = reveals.nonzero().squeeze(1)
-    if active.numel():
-        first, inverse = _unique_rows(new_masks[active].flatten(1))
-        unique = new_masks[active][first].float()  # (U, 1, H, W)
-        h_after = entropies_after(classifier, images, unique, tgt, memory_budget)  # (N, U)
-        ig[:, active] = h_now - h_after[:, inverse]
-    eig = check_finite((weights[:, None] * ig).sum(0), "the EIG map is not finite")
-    return EIG(eig, ig)
+    # one image of the batched estimator: the same flattening, de-duplication and chunking
+    est = expected_information_gain_batch(
+        classifier,
+        observed,
+        mask,
+        [Completions(images[:, None], lw)],
+        candidates,
+        target,
+        memory_budget=memory_budget,
+        current_probs=current_probs,
+    )
+    return EIG(est.eig[0], est.ig[0])
 
 
 def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,43 +265,6 @@ def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for i, u in reversed(list(enumerate(inverse))):
         first[u] = i
     return torch.tensor(first, device=rows.device), torch.tensor(inverse, device=rows.device)
-
-
-def entropies_after(
-    classifier: Classifier, images: torch.Tensor, masks: torch.Tensor, target: Target, memory_budget: int
-) -> torch.Tensor:
-    """``H[g(v | I_n * m_u, m_u)]`` for every completion n and mask u: ``(N, U)`` float64.
-
-    See :func:`map_predictions` for the batching.
-    """
-    return map_predictions(
-        classifier, images, masks, lambda probs: target_entropy(probs, target), memory_budget
-    )
-
-
-def map_predictions(
-    classifier: Classifier,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    reduce: Callable[[torch.Tensor], torch.Tensor],
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> torch.Tensor:
-    """``reduce(g(v | I_n * m_u, m_u))`` for every image n ``(N, 1, H, W)`` and mask u ``(U, 1, H, W)``.
-
-    The ``N * U`` pairs are flattened (mask-major) and sent to the classifier in chunks whose inputs
-    (image and mask) take at most ``memory_budget`` bytes; each chunk is built by indexing and
-    broadcasting, without a Python loop over candidates. ``reduce`` maps probabilities ``(B, L)``
-    to ``(B,)``. Returns ``(N, U)`` float64.
-    """
-    n, u = images.shape[0], masks.shape[0]
-    per_pair = 2 * images[0].numel() * images.element_size()
-    chunk = max(1, int(memory_budget) // per_pair)
-    out = torch.empty(u * n, dtype=torch.float64, device=images.device)
-    for start in range(0, u * n, chunk):
-        idx = torch.arange(start, min(start + chunk, u * n), device=images.device)
-        m = masks[idx // n]
-        out[idx] = reduce(predict_checked(classifier, images[idx % n] * m, m)).double()
-    return out.reshape(u, n).T
 
 
 def target_cross_entropy(probs: torch.Tensor, truth: torch.Tensor, target: Target) -> torch.Tensor:
@@ -536,7 +490,8 @@ def _map_pairs(
     memory_budget: int,
 ) -> torch.Tensor:
     """``reduce(g(v | images[i_p] * masks[m_p], masks[m_p]))`` for every pair ``p``: ``(P,)`` float64,
-    in chunks whose inputs take at most ``memory_budget`` bytes (as :func:`map_predictions`)."""
+    in chunks whose inputs take at most ``memory_budget`` bytes, each built by indexing, with no
+    Python loop over candidates."""
     total = int(mask_rows.numel())
     per_pair = 2 * images[0].numel() * images.element_size()
     chunk = max(1, int(memory_budget) // per_pair)
