@@ -292,7 +292,10 @@ def evaluate_sampler_command(
     ),
     no_classifier: bool = typer.Option(False, "--no-classifier", help="Skip the Any accuracy."),
     sampler_name: str = typer.Option(
-        "aipo", "--sampler", help="aipo | aipo-r | vae: how to sample the checkpoint (must fit its kind)."
+        "aipo",
+        "--sampler",
+        help="Sampler name (`boed samplers`; must fit the checkpoint's kind). The ELBO and Eq. 10 bound "
+        "columns need an AIPO checkpoint; other samplers get diversity and accuracy.",
     ),
     allow_training_images: bool = ALLOW_TRAINING_IMAGES_OPTION,
     split_seed: int | None = typer.Option(
