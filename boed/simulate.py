@@ -45,6 +45,7 @@ from boed.store.errors import StoreError, StoreWriteError
 
 if TYPE_CHECKING:
     from boed.protocols import Classifier, Sampler
+    from boed.runtime.distributed import Group
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,7 @@ def run_simulation(
     progress: Callable[[Progress], None] | None = None,
     on_start: Callable[[str], None] | None = None,
     retry_failed: bool = False,
+    ranks: Group | None = None,
 ) -> str:
     """Simulate ``config.n_images`` images x (policies + full-image); return the run id.
 
@@ -383,7 +385,18 @@ def run_simulation(
     an interruption). Raises :class:`StoreFault` when the store fails a write (the run stops
     at once; see the module docstring); ``KeyboardInterrupt`` / :class:`Terminated` after marking
     the run interrupted.
+
+    ``ranks`` (:class:`boed.runtime.distributed.Group`, default the single process): under
+    torchrun every rank calls this with the same arguments. Rank 0 creates the run (or prepares
+    the resumed one) and shares its id; each rank runs the sessions of its contiguous share of the
+    images that still miss a session; rank 0 alone marks the run done, after every rank has
+    finished (an end-of-run gather of their timings), or ``interrupted`` if sessions are missing.
+    The other ranks write the run's row only when a store write of theirs fails (``interrupted``,
+    timings untouched), so no two ranks race on its status or timings (docs/scaling.md).
     """
+    from boed.runtime.distributed import Group
+
+    ranks = ranks if ranks is not None else Group()
     check_parts(config, sampler, classifier, dataset)
     n_images = min(config.n_images, len(dataset))
     if n_images < 1:
@@ -392,43 +405,45 @@ def run_simulation(
     candidates = CandidateGrid.from_grid(config.image_size, config.patch_size, config.grid)
     target = resolve_target(config.target, labels)
     guarded = _GuardedStore(store)
+    policies = (FULL_IMAGE, *config.policies)
+    resumed = run_id
+
+    def open_run() -> list[Any]:  # on rank 0: [run id, done pairs, earlier timings, images to do]
+        return _open_run(guarded, store, resumed, retry_failed, ranks.enabled, n_images, policies, create)
+
+    def create() -> str:
+        return guarded.create_run(
+            config.to_dict(),
+            sampler=getattr(sampler, "name", config.sampler) if sampler is not None else "none",
+            sampler_sha256=getattr(sampler, "sha256", None),
+            classifier=getattr(classifier, "name", type(classifier).__name__),
+            classifier_sha256=getattr(classifier, "sha256", None),
+            dataset=dataset_description if dataset_description is not None else dataset.describe(),
+            seed=config.seed,
+            labels=labels,
+            code_version=code_version(),
+            target=target.name,
+        )
+
+    run_id, done_pairs, previous, pending = ranks.on_main(open_run, "start the run")
+    done = {(str(image_id), str(policy)) for image_id, policy in done_pairs}
+    indices = ranks.shard(pending)
     try:
-        if run_id is None:
-            run_id = guarded.create_run(
-                config.to_dict(),
-                sampler=getattr(sampler, "name", config.sampler) if sampler is not None else "none",
-                sampler_sha256=getattr(sampler, "sha256", None),
-                classifier=getattr(classifier, "name", type(classifier).__name__),
-                classifier_sha256=getattr(classifier, "sha256", None),
-                dataset=dataset_description if dataset_description is not None else dataset.describe(),
-                seed=config.seed,
-                labels=labels,
-                code_version=code_version(),
-                target=target.name,
-            )
-            done: set[tuple[str, str]] = set()
-            previous: dict[str, Any] = {}
-        else:
-            done = set(guarded.resume_plan(run_id, retry_failed=retry_failed))
-            previous = _previous_timings(guarded, run_id)
         failures = guarded.session_counts(run_id).get("failed", 0) if done else 0
     except _StoreFailed as exc:
-        if run_id is None:  # nothing was written
-            raise StoreError(f"the store failed before the run started: {exc.cause}") from None
         raise StoreFault(run_id, exc.cause, _mark(store, run_id, "interrupted", None, exc.cause)) from None
     if on_start is not None:
         on_start(run_id)
 
-    policies = (FULL_IMAGE, *config.policies)
-    plan = [(i, p) for i in range(n_images) for p in policies]
+    plan = [(i, p) for i in indices for p in policies]
     timings: dict[str, float] = {p: 0.0 for p in policies}
     t_run = time.perf_counter()
     context = _RunContext(guarded, run_id, sampler, classifier, candidates, target, config)
     width = max(1, config.batch_episodes)
     n_done = 0
     try:
-        for first in range(0, n_images, width):
-            items = {i: _load_item(dataset, i) for i in range(first, min(first + width, n_images))}
+        for first in range(0, len(indices), width):
+            items = {i: _load_item(dataset, i) for i in indices[first : first + width]}
             for policy in policies:
                 group = [(i, str(items[i]["idx"]), items[i]) for i in items]
                 group = [g for g in group if (g[1], policy) not in done]
@@ -462,20 +477,80 @@ def run_simulation(
                                 dict(timings),
                             )
                         )
-        final = _timings(timings, t_run, previous)
-        final["failed_sessions"] = guarded.session_counts(run_id).get("failed", 0)
-        guarded.finish_run(run_id, status="done", timings=final)
+        if ranks.enabled:  # waits for every rank's share; session seconds add up over ranks
+            shares = ranks.gather(timings)
+            timings = {p: sum(float(share[p]) for share in shares) for p in policies}
+        if ranks.is_main:
+            _finish_run(guarded, run_id, _timings(timings, t_run, previous), ranks, n_images * len(policies))
     except _StoreFailed as exc:
-        marked = _mark(store, run_id, "interrupted", _timings(timings, t_run, previous), exc.cause)
-        raise StoreFault(run_id, exc.cause, marked) from None
+        spent = _timings(timings, t_run, previous) if ranks.is_main else None
+        raise StoreFault(run_id, exc.cause, _mark(store, run_id, "interrupted", spent, exc.cause)) from None
     except KeyboardInterrupt as exc:
         why = "SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        _mark(store, run_id, "interrupted", _timings(timings, t_run, previous), why)
+        if ranks.is_main:  # under torchrun every rank gets the signal; rank 0 marks the run
+            _mark(store, run_id, "interrupted", _timings(timings, t_run, previous), why)
         raise
     except BaseException as exc:
-        _mark(store, run_id, "failed", _timings(timings, t_run, previous), f"{type(exc).__name__}: {exc}")
+        spent = _timings(timings, t_run, previous) if ranks.is_main else None
+        _mark(store, run_id, "failed", spent, f"{type(exc).__name__}: {exc}")
         raise
     return run_id
+
+
+def _open_run(
+    guarded: _GuardedStore,
+    store: Any,
+    run_id: str | None,
+    retry_failed: bool,
+    sharded: bool,
+    n_images: int,
+    policies: tuple[str, ...],
+    create: Callable[[], str],
+) -> list[Any]:
+    """Create the run (``run_id`` None) or prepare it to be resumed; on rank 0 only.
+
+    Returns ``[run id, done (image_id, policy) pairs, earlier timings, image indices to do]``
+    (JSON, so rank 0 can hand it to the other ranks). The images to do are every index on one
+    process (the loop skips done pairs); with several ranks, those that still miss a session,
+    so that a resumed run's remaining work is shared evenly whatever the number of ranks.
+    """
+    try:
+        if run_id is None:
+            return [create(), [], {}, list(range(n_images))]
+        done = sorted(guarded.resume_plan(run_id, retry_failed=retry_failed))
+        previous = _previous_timings(guarded, run_id)
+        pending = list(range(n_images))
+        if sharded and done:
+            sessions = guarded.sessions(run_id)
+            have = set(zip(sessions["image_index"].astype(int), sessions["policy"].astype(str), strict=True))
+            pending = [i for i in pending if any((i, p) not in have for p in policies)]
+        return [run_id, [list(pair) for pair in done], previous, pending]
+    except _StoreFailed as exc:
+        if run_id is None:  # nothing was written
+            raise StoreError(f"the store failed before the run started: {exc.cause}") from None
+        raise StoreFault(run_id, exc.cause, _mark(store, run_id, "interrupted", None, exc.cause)) from None
+
+
+def _finish_run(guarded: _GuardedStore, run_id: str, final: dict, ranks: Group, expected: int) -> None:
+    """Rank 0, after every rank finished: mark the run done with its timings, or ``interrupted``
+    when the store holds fewer sessions than (images x policies) (a share that never ran)."""
+    counts = guarded.session_counts(run_id)
+    final["failed_sessions"] = counts.get("failed", 0)
+    final.pop("ranks", None)  # of an earlier, sharded part
+    if not ranks.enabled:
+        guarded.finish_run(run_id, status="done", timings=final)
+        return
+    final["ranks"] = ranks.world_size
+    missing = expected - sum(counts.values())
+    if missing > 0:
+        guarded.finish_run(
+            run_id,
+            status="interrupted",
+            timings=final,
+            error=f"{missing} of {expected} sessions missing after every rank finished; resume the run",
+        )
+    else:
+        guarded.finish_run(run_id, status="done", timings=final)
 
 
 def _mark(store: Any, run_id: str, status: str, timings: dict | None, error: str) -> bool:

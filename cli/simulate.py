@@ -229,6 +229,8 @@ def simulate(
     """Simulate scan sessions (BOED vs baselines) and print accuracy / AUROC / entropy vs scans.
 
     SIGTERM stops a run like Ctrl-C: it is marked interrupted and --resume continues it.
+    Under torchrun the images are shared out across the ranks, which write to one store (a
+    PostgreSQL URL in --db); rank 0 prints the results and writes the report (docs/scaling.md).
     """
     with user_errors(), _sigterm_as_interrupt():
         from boed.config import get_preset
@@ -236,20 +238,22 @@ def simulate(
         from boed.errors import BoedError
         from boed.policies import parse_policies
         from boed.simulate import SimulationConfig, check_memory, check_parts
-        from boed.store import Store
 
         t_start = time.perf_counter()
         if retry_failed and resume is None:
             raise BoedError("--retry-failed needs --resume RUN_ID")
         _set_threads(threads)
         dev = _device(device)
+        ranks, dev = _join_ranks(dev, db)  # under torchrun: this rank; else the one process
+        main = ranks.is_main  # rank 0 alone speaks, checks --out, marks the run done and reports
         if resume is not None:
-            store = Store.open(db)
+            store = _open_store(db, ranks)
             config = SimulationConfig.from_dict(store.run_config(resume))
             check_memory(config, _available_memory(dev), dev)
-            if not no_report:
+            if not no_report and main:
                 _check_out(out, resume)
-            err_console.print(f"resuming run {resume} with its stored config", style="yellow")
+            if main:
+                err_console.print(f"resuming run {resume} with its stored config", style="yellow")
         else:
             pre = get_preset(preset)
             options = dataset_options(
@@ -285,9 +289,9 @@ def simulate(
                 **options,  # split_seed, max_pixels, allow_symlinks, allow_modalities, skip_bad
             )
             check_memory(config, _available_memory(dev), dev)
-            if not no_report:
+            if not no_report and main:
                 _check_out(out, None)
-            store = Store.open(db)
+            store = _open_store(db, ranks)
         clf, smp = _load_parts(config, dev)
         resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
         if resume is not None:
@@ -309,12 +313,16 @@ def simulate(
             **config.dataset_options(),
         )
         warnings = check_parts(config, smp, clf, dataset)
-        for line in warnings:
+        for line in warnings if main else ():
             err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)
         description = dataset.describe() | ({"warnings": warnings} if warnings else {})
+        report_out = None if no_report or not main else out
         run_id = _run_with_progress(
-            store, dataset, smp, clf, config, resume, description, retry_failed, None if no_report else out
+            store, dataset, smp, clf, config, resume, description, retry_failed, report_out, ranks
         )
+        if not main:  # rank 0 waited for this rank's share, marked the run and reports it
+            err_console.print(f"rank {ranks.rank}: its share of run {run_id} is stored", style="dim")
+            return
         from boed.report import build_report, load_target_summary
 
         run, tgt, summary = load_target_summary(store, run_id)
@@ -331,6 +339,34 @@ def simulate(
         )
         if not no_report:
             console.print(f"report: {_write_report(build_report, store, run_id, out)}")
+
+
+def _join_ranks(dev: str, db: str | None):
+    """``(ranks, device)``: this process's :class:`boed.runtime.distributed.Group` (under torchrun,
+    joined now and left at exit; ``cuda`` becomes ``cuda:LOCAL_RANK``) and its device. Refuses a
+    store the ranks cannot share (rank 0 prints the warnings of one they can)."""
+    import atexit
+
+    from boed.runtime.distributed import check_shared_store, init_group, rank_device
+
+    ranks = init_group(dev)
+    atexit.register(ranks.close)
+    warnings = check_shared_store(db, ranks)  # raises on every rank alike
+    for line in warnings if ranks.is_main else ():
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)
+    return ranks, rank_device(dev, ranks)
+
+
+def _open_store(db: str | None, ranks: Any):
+    """The store at ``db``; with several ranks rank 0 opens (creates, migrates) it first, then the
+    others open it without migrating, so no two ranks run the migrations at once."""
+    from boed.store import Store
+
+    if not ranks.enabled:
+        return Store.open(db)
+    opened: list[Any] = []
+    ranks.on_main(lambda: opened.append(Store.open(db)), "open the store")
+    return opened[0] if opened else Store.open(db, migrate=False)
 
 
 def _check_out(out: Path | None, run_id: str | None) -> None:
@@ -486,7 +522,16 @@ def _check_same_parts(run: Any, classifier: Any, sampler: Any) -> None:
 
 
 def _run_with_progress(
-    store, dataset, sampler, classifier, config, resume, description=None, retry_failed=False, out=None
+    store,
+    dataset,
+    sampler,
+    classifier,
+    config,
+    resume,
+    description=None,
+    retry_failed=False,
+    out=None,
+    ranks=None,
 ):
     from rich.progress import (
         BarColumn,
@@ -506,7 +551,8 @@ def _run_with_progress(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    quiet = ranks is not None and not ranks.is_main  # one progress bar per job: rank 0's share
+    with Progress(*columns, console=err_console, transient=True, disable=quiet) as bar:
         task = bar.add_task("sessions", total=None)
 
         def update(p):
@@ -536,6 +582,7 @@ def _run_with_progress(
                 progress=update,
                 on_start=on_start,
                 retry_failed=retry_failed,
+                ranks=ranks,
             )
         except StoreFault as exc:  # one line with the resume command for this database
             raise StoreFault(exc.run_id, exc.cause, exc.marked, db=store.url) from None
