@@ -35,7 +35,9 @@ def test_frechet_of_identical_sets_is_zero():
 def test_frechet_of_two_gaussians_matches_closed_form():
     # diagonal covariances: d² = |μ1 − μ2|² + Σ (σ1 − σ2)²
     m1, s1, m2, s2 = [0.0, 1.0, 2.0], [1.0, 2.0, 0.5], [1.0, -1.0, 2.0], [2.0, 1.0, 0.5]
-    closed = sum((a - b) ** 2 for a, b in zip(m1, m2, strict=True)) + sum((a - b) ** 2 for a, b in zip(s1, s2, strict=True))
+    closed = sum((a - b) ** 2 for a, b in zip(m1, m2, strict=True)) + sum(
+        (a - b) ** 2 for a, b in zip(s1, s2, strict=True)
+    )
     x, y = _gaussian(40000, m1, s1, 1), _gaussian(40000, m2, s2, 2)
     assert closed == pytest.approx(7.0)
     assert M.frechet_distance(x, y) == pytest.approx(closed, rel=0.03)
