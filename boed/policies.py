@@ -3,6 +3,8 @@
 - ``boed``: the argmax of the EIG map (Eq. 17 of Harvey, Naderiparizi & Wood, "Image Completion
   via Inference in Deep Generative Models", 2021; maximised, their footnote 6).
 - ``random``: a uniformly random candidate among those that reveal something new.
+- ``amortized`` (beyond the paper): the argmax of a value network's predicted EIG map, one
+  forward pass instead of the exact estimate (``boed.amortized``, docs/amortized.md).
 - ``raster``: the next candidate in row-major order that overlaps nothing seen so far (a tiling),
   else the one revealing the most new pixels.
 - ``oracle``: greedy one-step on the true image *and* its labels: the candidate whose scan gives
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from boed.amortized.policy import AmortizedPolicy
 from boed.eig import _EPS, DEFAULT_MEMORY_BUDGET, Target, map_views, target_entropy
 from boed.errors import BoedError
 
@@ -397,15 +400,19 @@ POLICIES: dict[str, type] = {
     "raster": RasterPolicy,
     "oracle": OraclePolicy,
     "oracle-entropy": EntropyOraclePolicy,
+    "amortized": AmortizedPolicy,
 }
 
 
-def get_policy(name: str) -> Policy:
-    """Build the policy called ``name``; the error lists the valid names."""
+def get_policy(name: str, **options: object) -> Policy:
+    """Build the policy called ``name``; the error lists the valid names. ``options`` (e.g.
+    ``amortized_checkpoint``) go to the policies that name them in their ``options``; the others
+    ignore them."""
     key = name.strip().lower()
     if key not in POLICIES:
         raise BoedError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
-    return POLICIES[key]()
+    cls = POLICIES[key]
+    return cls(**{k: v for k, v in options.items() if k in getattr(cls, "options", ())})
 
 
 def parse_policies(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -89,6 +89,8 @@ class SimulationConfig:
     # per-episode: each episode's own generator (results independent of B); joint: one sampler
     # call for the whole batch (faster where the sampler dominates; draws then depend on B)
     sampler_batching: str = "per-episode"
+    # beyond the paper: the value network of policy amortized (None: the shipped one)
+    amortized_checkpoint: str | None = None
 
     def dataset_options(self) -> dict[str, Any]:
         """Keyword arguments of ``datasets.open_dataset`` beyond the source, split, size and n."""
@@ -304,11 +306,26 @@ def check_parts(
     resolve_target(config.target, list(classifier.labels))
     if any(get_policy(p).needs_eig for p in config.policies) and sampler is None:
         raise BoedError("the boed policy needs a sampler")
+    amortized = amortized_warnings(config, classifier, sampler)
     if dataset is None:
-        return []
-    return check_provenance(
+        return amortized
+    return amortized + check_provenance(
         {"classifier": classifier, "sampler": sampler}, dataset.describe(), config.allow_training_images
     )
+
+
+def amortized_warnings(
+    config: SimulationConfig, classifier: Classifier, sampler: Sampler | None
+) -> list[str]:
+    """Policy ``amortized``: load its checkpoint and check its candidate grid now (a bad one fails
+    before the run starts); one warning line per part it was not trained for."""
+    if "amortized" not in config.policies:
+        return []
+    from boed.amortized.policy import AmortizedPolicy, checkpoint_warnings
+
+    policy = AmortizedPolicy(config.amortized_checkpoint)
+    policy.check_candidates(CandidateGrid.from_grid(config.image_size, config.patch_size, config.grid))
+    return checkpoint_warnings(policy.meta, classifier, sampler)
 
 
 def check_provenance(
@@ -703,7 +720,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
                 image,
                 labels=item["lab"].float().reshape(-1),
                 classifier=classifier,
-                policy=get_policy(policy),
+                policy=get_policy(policy, amortized_checkpoint=config.amortized_checkpoint),
                 candidates=candidates,
                 scans=config.scans,
                 sampler=sampler,
@@ -741,7 +758,7 @@ def _batch_sessions(
 
     config, classifier, device = context.config, context.classifier, context.device
     size = config.image_size
-    chosen = get_policy(policy)
+    chosen = get_policy(policy, amortized_checkpoint=config.amortized_checkpoint)
     records: list[list[Any]] = [[] for _ in group]
     arrays: list[list[tuple[int, str, np.ndarray]]] = [[] for _ in group]
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from boed import __version__
-from cli import classifier, data, evaluate, propose, retrieval, sampler, sessions, simulate
+from cli import amortized, classifier, data, evaluate, propose, retrieval, sampler, sessions, simulate
 
 app = typer.Typer(
     name="boed",
@@ -31,7 +31,7 @@ def main(
     """Bayesian optimal experimental design for small field-of-view x-ray acquisition."""
 
 
-for part in (data, classifier, sampler, evaluate, simulate, propose, sessions, retrieval):
+for part in (data, classifier, sampler, evaluate, simulate, propose, sessions, retrieval, amortized):
     part.register(app)
 
 if __name__ == "__main__":

@@ -190,7 +190,14 @@ def simulate(
         help="Stop a session once the target entropy (nats) is below this (beyond the paper).",
     ),
     stop_eig: float | None = typer.Option(
-        None, "--stop-eig", help="Stop once the best EIG (nats) is below this."
+        None,
+        "--stop-eig",
+        help="Stop once the best EIG (nats) is below this (policy amortized: its predicted EIG).",
+    ),
+    amortized_checkpoint: Path | None = typer.Option(
+        None,
+        "--amortized-checkpoint",
+        help="Value network of policy amortized (default: boed/amortized/weights/phantom-cpu).",
     ),
     scans_per_step: int = typer.Option(
         1,
@@ -283,6 +290,7 @@ def simulate(
                 figure_sessions=figures,
                 stop_entropy=stop_entropy,
                 stop_eig=stop_eig,
+                amortized_checkpoint=str(amortized_checkpoint) if amortized_checkpoint else None,
                 scans_per_step=scans_per_step,
                 batch_episodes=batch_episodes,
                 allow_training_images=allow_training_images,

@@ -357,6 +357,16 @@ def run_episodes(
                 active = [active[i] for i in keep]
                 if not active:
                     break
+            elif stopping.eig_below is not None and hasattr(policy, "predict_batch"):
+                # a policy that predicts the EIG map itself (amortized) stops on its prediction
+                state = env.batch_state(active, step, policy)
+                predicted = policy.predict_batch(state).masked_fill(~state.revealing().cpu(), 0.0)
+                stop = [stopping.stop_on_eig(row) for row in predicted]
+                for b, stopped in zip(list(active), stop, strict=True):
+                    results[b].stopped_early |= stopped
+                active = [b for b, stopped in zip(active, stop, strict=True) if not stopped]
+                if not active:
+                    break
             running = list(active)
             observed_before = torch.cat([env.controllers[b].observed for b in running])
             mask_before = torch.cat([env.controllers[b].mask for b in running])

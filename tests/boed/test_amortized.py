@@ -1,0 +1,261 @@
+"""The amortised policy: map dataset (exact maps, resumable), loss, network, training, policy.
+
+Tiny: the toy world of tests/boed/toys.py (8 px images, 4 px scans, 5 x 5 candidates), whose
+exact sampler makes the EIG maps deterministic, and an 8-channel network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from boed.amortized.dataset import MapConfig, generate_maps, load_maps
+from boed.amortized.model import EIGMapNet, EIGNetConfig
+from boed.amortized.policy import AmortizedPolicy, checkpoint_warnings, load_network
+from boed.amortized.train import AmortizedTrainConfig, decision_metrics, map_loss, train_amortized
+from boed.eig import expected_information_gain
+from boed.errors import BoedError
+from boed.policies import StoppingRule, get_policy
+from boed.scanner import CandidateGrid
+from boed.session import run_session
+from tests.boed.toys import BayesClassifier, PosteriorSampler, ToyDataset, ToyWorld
+
+GRID = 5
+
+
+class TrainSplit(ToyDataset):
+    def describe(self):
+        return {"images": "toy", "n": len(self), "split": "train"}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld(size=8, patch=4)
+
+
+@pytest.fixture(scope="module")
+def parts(world):
+    clf, smp = BayesClassifier(world), PosteriorSampler(world, exact=True)
+    clf.sha256, smp.sha256 = "c" * 64, "s" * 64
+    return clf, smp
+
+
+def config(**kw):
+    base = dict(
+        images="toy",
+        n_images=10,
+        scans=3,
+        n_samples=4,
+        prior_samples=4,
+        grid=GRID,
+        image_size=8,
+        patch_size=4,
+        chunk=2,
+        epsilon=0.5,
+        preset="tiny",
+    )
+    return MapConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def maps_dir(tmp_path_factory, world, parts):
+    out = tmp_path_factory.mktemp("maps")
+    clf, smp = parts
+    generate_maps(out, config(), sampler=smp, classifier=clf, dataset=TrainSplit(world, n=10))
+    return out
+
+
+def test_maps_are_the_exact_controllers_on_the_observed_images(maps_dir, world, parts):
+    clf, smp = parts
+    maps = load_maps(maps_dir)
+    t = maps.tensors
+    assert len(maps) == 10 * 3 and t["eig"].shape == (30, GRID * GRID)
+    ds = TrainSplit(world, n=10)
+    cand = CandidateGrid.from_grid(8, 4, GRID)
+    for r in range(len(maps)):
+        image = ds[int(t["image"][r])]["img"][None]
+        mask = t["mask"][r : r + 1].float()
+        assert int(mask.sum()) > 0 or int(t["step"][r]) == 1  # step 1: nothing seen
+        torch.testing.assert_close(t["observed"][r : r + 1], image * mask)  # x * m of the right image
+        comps = smp.sample(image * mask, mask, 4)
+        eig, _ = expected_information_gain(clf, image * mask, mask, comps, cand, "any")
+        torch.testing.assert_close(t["eig"][r].double(), eig.double(), atol=1e-5, rtol=1e-4)
+    # masks grow by the chosen patch from one step to the next of a session
+    for r in range(len(maps) - 1):
+        if int(t["image"][r]) == int(t["image"][r + 1]):
+            nxt = torch.maximum(t["mask"][r].float(), cand.masks[int(t["chosen"][r])])
+            torch.testing.assert_close(t["mask"][r + 1].float(), nxt)
+    assert 0 < int(t["random"].sum()) < len(maps)  # epsilon 0.5: both kinds of scan
+
+
+def test_generation_resumes_chunk_by_chunk_to_the_same_maps(tmp_path, maps_dir, world, parts):
+    clf, smp = parts
+    ds = TrainSplit(world, n=10)
+    first = generate_maps(tmp_path, config(), sampler=smp, classifier=clf, dataset=ds, max_chunks=2)
+    assert first["chunks"] == 2
+    again = generate_maps(tmp_path, config(), sampler=smp, classifier=clf, dataset=ds)
+    assert again["skipped_chunks"] == 2 and again["chunks"] == 3
+    a, b = load_maps(tmp_path).tensors, load_maps(maps_dir).tensors
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_other_settings_or_checkpoints_in_the_same_folder_are_refused(maps_dir, world, parts):
+    clf, smp = parts
+    ds = TrainSplit(world, n=10)
+    with pytest.raises(BoedError, match="other settings"):
+        generate_maps(maps_dir, config(epsilon=0.1), sampler=smp, classifier=clf, dataset=ds)
+    other = BayesClassifier(world)
+    other.sha256 = "d" * 64
+    with pytest.raises(BoedError, match="classifier or sampler checkpoints"):
+        generate_maps(maps_dir, config(), sampler=smp, classifier=other, dataset=ds)
+
+
+def test_held_out_images_are_refused(tmp_path, world, parts):
+    clf, smp = parts
+
+    class TestSplit(ToyDataset):
+        def describe(self):
+            return {"split": "test"}
+
+    with pytest.raises(BoedError, match="training images only"):
+        generate_maps(tmp_path, config(), sampler=smp, classifier=clf, dataset=TestSplit(world, n=10))
+    with pytest.raises(BoedError, match="epsilon"):
+        config(epsilon=1.5)
+
+
+def test_a_corrupt_chunk_is_named(tmp_path, maps_dir):
+    import shutil
+
+    shutil.copytree(maps_dir, tmp_path / "m")
+    (tmp_path / "m" / "chunk-00001.safetensors").write_bytes(b"garbage")
+    with pytest.raises(BoedError, match="chunk-00001"):
+        load_maps(tmp_path / "m")
+
+
+def test_loss_ranks_the_best_candidates_and_ignores_the_others():
+    eig = torch.tensor([[0.1, 0.5, 0.2, 0.0]])
+    se = torch.full_like(eig, 0.05)
+    reveals = torch.tensor([[True, True, True, False]])
+    right = map_loss(eig.clone(), eig, se, reveals, 1.0, 1.0)
+    swapped = map_loss(eig[:, [1, 0, 2, 3]], eig, se, reveals, 1.0, 1.0)
+    assert float(right["mse"]) == 0.0 and float(swapped["rank"]) > float(right["rank"])
+    junk = eig.clone()
+    junk[0, 3] = 9.0  # a candidate revealing nothing: no part of the loss
+    assert float(map_loss(junk, eig, se, reveals, 1.0, 1.0)["loss"]) == pytest.approx(float(right["loss"]))
+    # MSE over the revealing candidates, in units of the scale
+    off = map_loss(eig + 0.2, eig, se, reveals, 0.1, 0.0)
+    assert float(off["mse"]) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_decision_metrics_by_hand():
+    eig = torch.tensor([[0.1, 0.5, 0.2], [0.3, 0.0, 0.1]])
+    pred = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # wrong, right
+    se = torch.full_like(eig, 0.01)
+    m = decision_metrics(pred, eig, se, torch.ones_like(eig, dtype=torch.bool))
+    assert m["top1"] == 0.5 and m["regret"] == pytest.approx(0.15)
+    random_regret = (0.5 - 0.8 / 3) + (0.3 - 0.4 / 3)
+    assert m["regret_vs_random"] == pytest.approx(0.3 / random_regret)
+    assert m["within_2se"] == 0.5
+
+
+def test_network_shapes_and_patch_pooling():
+    net = EIGMapNet(EIGNetConfig(image_size=8, patch_size=4, grid=GRID, width=8, target_scale=2.0))
+    x, m = torch.rand(3, 1, 8, 8), torch.ones(3, 1, 8, 8)
+    out = net(x, m)
+    assert out.shape == (3, GRID * GRID)
+    torch.testing.assert_close(net.pool.sum(1), torch.ones(GRID * GRID))
+    scaled = EIGMapNet(EIGNetConfig(image_size=8, patch_size=4, grid=GRID, width=8, target_scale=1.0))
+    scaled.load_state_dict(net.state_dict())
+    torch.testing.assert_close(net(x, m), 2.0 * scaled(x, m))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, maps_dir):
+    out = tmp_path_factory.mktemp("ckpt") / "amortized"
+    cfg = AmortizedTrainConfig(
+        steps=60, batch_size=8, width=8, val_every=30, warmup_steps=5, val_images_every=3
+    )
+    result = train_amortized(maps_dir, out, cfg, log=lambda _: None)
+    return out, result
+
+
+def test_training_writes_a_checkpoint_for_the_parts_it_imitates(checkpoint):
+    out, result = checkpoint
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["kind"] == "amortized-eig" and meta["parts"]["classifier"]["sha256"] == "c" * 64
+    assert meta["config"]["grid"] == GRID and meta["config"]["target_scale"] > 0
+    history = meta["training"]["history"]
+    assert len(history) == 2 and history[-1]["train_loss"] < history[0]["train_loss"] * 1.5
+    assert out.with_name("amortized.train.json").is_file()  # resume pair
+    net, _ = load_network(out)
+    assert net.config.width == 8
+
+
+def test_policy_scans_only_new_ground_and_stops_on_its_prediction(checkpoint, world, parts):
+    out, _ = checkpoint
+    clf, _ = parts
+    policy = get_policy("amortized", amortized_checkpoint=str(out))
+    assert isinstance(policy, AmortizedPolicy) and not policy.needs_eig
+    ds = ToyDataset(world, n=2, seed=5)
+    cand = CandidateGrid.from_grid(8, 4, GRID)
+    item = ds[0]
+    result = run_session(item["img"][None], classifier=clf, policy=policy, candidates=cand, scans=4)
+    chosen = [s.candidate for s in result.steps[1:]]
+    assert len(chosen) == 4
+    seen = torch.zeros(1, 8, 8)
+    for c in chosen:  # every scan reveals something not seen before
+        assert bool((cand.masks[c] * (seen < 0.5)).any())
+        seen = torch.maximum(seen, cand.masks[c])
+    stopped = run_session(
+        item["img"][None],
+        classifier=clf,
+        policy=policy,
+        candidates=cand,
+        scans=4,
+        stopping=StoppingRule(eig_below=1e9),
+    )
+    assert stopped.stopped_early and stopped.scans_used == 0
+    assert (
+        run_session(
+            item["img"][None],
+            classifier=clf,
+            policy=policy,
+            candidates=cand,
+            scans=2,
+            stopping=StoppingRule(eig_below=-1e9),
+        ).scans_used
+        == 2
+    )
+
+
+def test_policy_refuses_bad_checkpoints_and_grids(tmp_path, checkpoint):
+    out, _ = checkpoint
+    with pytest.raises(BoedError, match="--amortized-checkpoint"):
+        load_network(tmp_path / "missing")
+    import shutil
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(out.with_suffix(suffix), (tmp_path / "bad").with_suffix(suffix))
+    (tmp_path / "bad.safetensors").write_bytes(b"x" * 100)
+    with pytest.raises(BoedError, match="sha256"):
+        load_network(tmp_path / "bad")
+    with pytest.raises(BoedError, match="5 x 5 grid"):
+        AmortizedPolicy(out).check_candidates(CandidateGrid.from_grid(8, 4, 3))
+
+
+def test_a_run_with_other_checkpoints_is_warned_in_one_line(checkpoint, parts):
+    out, _ = checkpoint
+    clf, smp = parts
+    _, meta = load_network(out)
+    assert checkpoint_warnings(meta, clf, smp) == []
+
+    class Other:
+        sha256 = "e" * 64
+
+    lines = checkpoint_warnings(meta, Other(), smp)
+    assert len(lines) == 1 and "classifier" in lines[0] and "\n" not in lines[0]
+    assert not math.isnan(meta["metrics"]["top1"])
