@@ -411,7 +411,7 @@ def run_simulation(
     The other ranks write the run's row only when a store write of theirs fails (``interrupted``,
     timings untouched), so no two ranks race on its status or timings (docs/scaling.md).
     """
-    from boed.runtime.distributed import Group
+    from boed.runtime.distributed import DistributedError, Group
 
     ranks = ranks if ranks is not None else Group()
     check_parts(config, sampler, classifier, dataset)
@@ -502,6 +502,10 @@ def run_simulation(
     except _StoreFailed as exc:
         spent = _timings(timings, t_run, previous) if ranks.is_main else None
         raise StoreFault(run_id, exc.cause, _mark(store, run_id, "interrupted", spent, exc.cause)) from None
+    except DistributedError as exc:  # another rank stopped: what is stored stays, --resume continues
+        spent = _timings(timings, t_run, previous) if ranks.is_main else None
+        _mark(store, run_id, "interrupted", spent, str(exc))
+        raise
     except KeyboardInterrupt as exc:
         why = "SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         if ranks.is_main:  # under torchrun every rank gets the signal; rank 0 marks the run

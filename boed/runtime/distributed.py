@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -43,6 +44,19 @@ DEFAULT_TIMEOUT_S = 6 * 3600
 class DistributedError(BoedError):
     """An inconsistent torchrun environment, a store the ranks cannot share, or a failure of
     rank 0 seen by the other ranks (one line, naming the variable or option and the reason)."""
+
+
+class RanksLost(DistributedError):  # noqa: N818 - reads as what happened
+    """A collective failed: another rank stopped (died, or was stopped) before it got there."""
+
+
+@contextmanager
+def _collective(rank: int, what: str) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:  # DistBackendError and gloo's connection errors are RuntimeErrors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RanksLost(f"rank {rank}: another rank stopped before the {what} ({first})") from None
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,8 @@ class Group:
         if self.enabled:
             import torch.distributed as dist
 
-            dist.barrier(group=self.control)
+            with _collective(self.rank, "barrier"):
+                dist.barrier(group=self.control)
 
     def broadcast(self, value: Any = None) -> Any:
         """Rank 0's ``value`` (JSON) on every rank; the others' ``value`` is ignored."""
@@ -188,11 +203,11 @@ class Group:
 
         data = json.dumps(value, allow_nan=False).encode() if self.is_main else b""
         size = torch.tensor([len(data)], dtype=torch.int64)
-        dist.broadcast(size, src=0, group=self.control)
-        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.is_main else None
-        if buffer is None:
-            buffer = torch.empty(int(size.item()), dtype=torch.uint8)
-        if int(size.item()):
+        with _collective(self.rank, "broadcast from rank 0"):
+            dist.broadcast(size, src=0, group=self.control)
+            buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.is_main else None
+            if buffer is None:
+                buffer = torch.empty(int(size.item()), dtype=torch.uint8)
             dist.broadcast(buffer, src=0, group=self.control)
         return json.loads(bytes(buffer.tolist()).decode()) if not self.is_main else value
 
@@ -206,12 +221,13 @@ class Group:
         data = json.dumps(value, allow_nan=False).encode()
         size = torch.tensor([len(data)], dtype=torch.int64)
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        dist.all_gather(sizes, size, group=self.control)
-        longest = max(int(s.item()) for s in sizes)
-        mine = torch.zeros(longest, dtype=torch.uint8)
-        mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        parts = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world_size)]
-        dist.all_gather(parts, mine, group=self.control)
+        with _collective(self.rank, "gather of every rank's result"):
+            dist.all_gather(sizes, size, group=self.control)
+            longest = max(int(s.item()) for s in sizes)
+            mine = torch.zeros(longest, dtype=torch.uint8)
+            mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            parts = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world_size)]
+            dist.all_gather(parts, mine, group=self.control)
         return [
             json.loads(bytes(p[: int(s.item())].tolist()).decode()) for p, s in zip(parts, sizes, strict=True)
         ]
