@@ -36,7 +36,8 @@ runner = CliRunner()
 
 def _torchrun(n: int, db: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc-per-node", str(n), "-m", "tests.cli.toy_ranks", "simulate", *ARGS, "--db", db, *extra]  # fmt: skip
+           "--nproc-per-node", str(n), "-m", "tests.cli.toy_ranks",
+           "simulate", *ARGS, "--db", db, *extra]  # fmt: skip
     environ = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "COLUMNS": "200"} | (env or {})
     return subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
 
