@@ -259,3 +259,31 @@ def test_a_run_with_other_checkpoints_is_warned_in_one_line(checkpoint, parts):
     lines = checkpoint_warnings(meta, Other(), smp)
     assert len(lines) == 1 and "classifier" in lines[0] and "\n" not in lines[0]
     assert not math.isnan(meta["metrics"]["top1"])
+
+
+def test_simulate_runs_policy_amortized_from_its_checkpoint_and_checks_it_first(checkpoint, world, parts):
+    from boed.simulate import SimulationConfig, check_parts, run_simulation
+    from tests.boed.toys import FakeStore
+
+    out, _ = checkpoint
+    clf, smp = parts
+    base = dict(
+        images="toy",
+        n_images=2,
+        scans=2,
+        n_samples=4,
+        grid=GRID,
+        image_size=8,
+        patch_size=4,
+        policies=("amortized", "random"),
+        figure_sessions=0,
+        amortized_checkpoint=str(out),
+    )
+    config = SimulationConfig(**base)
+    assert check_parts(config, None, clf, None) == []  # no sampler needed, checkpoint fits
+    store = FakeStore()
+    run_id = run_simulation(store, ToyDataset(world, n=2), None, clf, config)
+    done = [s for s in store.sessions.values() if s["policy"] == "amortized" and s["status"] == "done"]
+    assert len(done) == 2 and store.runs[run_id]["status"] == "done"
+    with pytest.raises(BoedError, match="grid"):  # refused before the run starts
+        check_parts(SimulationConfig(**(base | {"grid": 3})), None, clf, None)
