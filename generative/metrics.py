@@ -66,12 +66,15 @@ def psnr(completions: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(completions: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """SSIM (Gaussian window 11, σ 1.5, data range 1) of each whole completed image, ``(n, B)``."""
+    """SSIM (Gaussian window 11, σ 1.5, data range 1) of each whole completed image, ``(n, B)``.
+
+    Computed in float32: torchmetrics' float64 convolutions are ~9× slower on a CPU (6.1 s vs
+    0.66 s for 80 images of 64², measured) for a difference below 1e-6."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     n, b = completions.shape[:2]
-    preds = completions.flatten(0, 1).double()
-    target = truth.unsqueeze(0).expand_as(completions).flatten(0, 1).double()
+    preds = completions.flatten(0, 1).float()
+    target = truth.unsqueeze(0).expand_as(completions).flatten(0, 1).float()
     out = structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none")
     return out.float().view(n, b)
 

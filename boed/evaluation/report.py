@@ -130,11 +130,17 @@ def plot_curves(settings: pd.DataFrame, path: Path) -> Path:
     plt = _pyplot()
     sq = settings[settings["setting"].str.startswith("squares-")].copy()
     sq["k"] = sq["setting"].str.split("-").str[1].astype(int)
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.0 * len(CURVES), 2.8), squeeze=False)
-    for ax, (key, title) in zip(axes[0], CURVES, strict=True):
+    cols = 4
+    rows = math.ceil(len(CURVES) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(CURVES) :]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, CURVES, strict=False):
         for name, sub in sq.groupby("sampler", sort=False):
             sub = sub.sort_values("k")
             ax.plot(sub["k"], sub[key], marker="o", ms=3, label=name)
+        if key in ("fid", "kid"):  # a bad fill is orders of magnitude off: keep the good ones visible
+            ax.set_yscale("symlog", linthresh=1e-2 if key == "kid" else 1.0)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("observed squares", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -103,8 +103,8 @@ def simulate(
         sampler = build()
 
         def on_start(rid: str, name: str = name) -> None:
-            runs[name] = rid
-            _write_runs(runs_file, runs)
+            runs[name] = rid  # re-read first: another invocation on other samplers may share the file
+            _write_runs(runs_file, _read_runs(runs_file) | {name: rid})
 
         run_simulation(
             store,
@@ -116,7 +116,7 @@ def simulate(
             on_start=on_start,
             progress=None if progress is None else (lambda p, name=name: progress(name, p)),
         )
-    return runs
+    return {name: runs[name] for name in (REFERENCE_RUN, *samplers) if name in runs}
 
 
 def predictions(store: Any, runs: dict[str, str], label: str) -> pd.DataFrame:
