@@ -287,3 +287,25 @@ def test_simulate_runs_policy_amortized_from_its_checkpoint_and_checks_it_first(
     assert len(done) == 2 and store.runs[run_id]["status"] == "done"
     with pytest.raises(BoedError, match="grid"):  # refused before the run starts
         check_parts(SimulationConfig(**(base | {"grid": 3})), None, clf, None)
+
+
+def test_share_of_the_gain_kept_by_hand():
+    from benchmarks.amortized import gain_kept
+
+    def rows(right):  # one scan; prob 0.9 on the truth 1 when right, 0.1 when wrong
+        return [
+            {"image_id": f"i{k}", "truth": 1.0, "probs": [0.1, 0.9 if r else 0.1]}
+            for k, r in enumerate(right)
+        ]
+
+    out = gain_kept(
+        {
+            "random": rows([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # 0.1
+            "boed": rows([1, 1, 1, 1, 1, 0, 0, 0, 0, 0]),  # 0.5: gain 0.4
+            "amortized": rows([1, 1, 1, 0, 0, 0, 0, 0, 0, 0]),  # 0.3: gain 0.2
+        },
+        scans=1,
+    )
+    assert math.isnan(out[0]["share_kept"])  # no scan: nobody gains, the share is undefined
+    assert out[1]["share_kept"] == pytest.approx(0.5) and out[1]["boed_gain"] == pytest.approx(0.4)
+    assert out[1]["share_kept_lo"] <= 0.5 <= out[1]["share_kept_hi"]
