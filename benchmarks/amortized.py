@@ -282,12 +282,16 @@ def main() -> None:
         warnings = checkpoint_warnings(amortized.meta, classifier, sampler)
         for line in warnings:
             print(f"warning: {line}")
-    generator = torch.Generator().manual_seed(session_seed(args.seed, -1, "prior-decision"))
-    prior = None
-    if "boed" in policies:
-        prior = prior_decision(
-            sampler, classifier, candidates, args.first_completions, target, generator=generator
-        )
+    memo: dict = {}
+
+    def prior():  # the shared first decision of boed, computed only when a boed session runs
+        if "prior" not in memo:
+            generator = torch.Generator().manual_seed(session_seed(args.seed, -1, "prior-decision"))
+            memo["prior"] = prior_decision(
+                sampler, classifier, candidates, args.first_completions, target, generator=generator
+            )
+        return memo["prior"]
+
     objects = (classifier, sampler, candidates, target, prior)
     args.cache.mkdir(parents=True, exist_ok=True)
     cache_file = args.cache / "sessions.jsonl"
