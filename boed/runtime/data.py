@@ -6,24 +6,28 @@ Training never materialises a split: :func:`image_loader` wraps any map-style da
 a few batches per worker whatever the size of the dataset.
 
 The order is a pure function of ``(seed, step)``: epoch ``e`` is a permutation of the items seeded
-by ``(seed, e)`` (the same on every rank), padded to a multiple of the world size and cut into one
-contiguous shard per rank (the scheme of ``torch.utils.data.DistributedSampler``, contiguous
-rather than strided so that block-generated sources stay local), then into batches (a partial
-last batch is dropped). :class:`EpochBatches` starts at any step, so a resumed run continues in the
-middle of an epoch exactly. Sources that generate items in blocks (the phantoms: 64 per seeded
-block) get a block-wise shuffle: the order of the blocks and the order inside each block are
-random, the items of one block stay together, so a worker renders each block once per epoch
-instead of once per item. (Phantom items are independent draws, so batching within blocks
-correlates nothing.)
+by ``(seed, e)`` (the same on every rank), cut into *global* batches of ``world_size x batch_size``
+items (a partial last one is dropped), and rank ``r`` takes the ``r``-th contiguous slice of each.
+So the global batch of a step does not depend on the number of ranks: ``W`` ranks of batch ``b``
+see exactly the items of one process with batch ``W b`` (with one rank this is the plain
+``b``-batching of the permutation), and since DDP averages the ranks' gradients, they compute the
+same update (``tests/boed/runtime/test_ddp.py``). :class:`EpochBatches` starts at any step, so a
+resumed run continues in the middle of an epoch exactly. Sources that generate items in blocks
+(the phantoms: 64 per seeded block) get a block-wise shuffle: the order of the blocks and the
+order inside each block are random, the items of one block stay together, so a worker renders
+each block once per epoch instead of once per item (with several ranks each rank takes a slice
+of every global batch, so each rank renders the blocks its slices touch). (Phantom items are
+independent draws, so batching within blocks correlates nothing.)
 
-Per-step randomness (masks, the global RNG) comes from :func:`step_seed`, a function of
-``(seed, rank, step, stream)``, for the same reason.
+Per-step randomness comes from :func:`step_seed`, a function of ``(seed, rank, step, stream)``, for
+the same reason; :func:`global_batch_draw` draws per-item randomness (the training masks) for the
+whole global batch and hands each rank its slice, so that it too does not depend on the ranks.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +43,27 @@ def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
 def step_generator(seed: int, rank: int, step: int, stream: int = 1) -> torch.Generator:
     """A CPU generator seeded by :func:`step_seed` (e.g. for the masks of one step's batch)."""
     return torch.Generator().manual_seed(step_seed(seed, rank, step, stream))
+
+
+def global_batch_draw(
+    draw: Callable[[int, torch.Generator], torch.Tensor],
+    batch_len: int,
+    seed: int,
+    step: int,
+    stream: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """This rank's slice of per-item random draws made for the whole global batch of ``step``.
+
+    ``draw(n, generator)`` returns ``(n, ...)`` (e.g. ``n`` training masks); it is called with
+    ``n = world_size * batch_len`` and ``step_generator(seed, 0, step, stream)``, and rank ``r``
+    gets rows ``[r batch_len, (r + 1) batch_len)``, the rows its slice of the global batch
+    (:class:`EpochBatches`) has in a one-process run with batch ``world_size * batch_len``. With
+    one rank this is ``draw(batch_len, step_generator(seed, 0, step, stream))``.
+    """
+    drawn = draw(world_size * batch_len, step_generator(seed, 0, step, stream))
+    return drawn[rank * batch_len : (rank + 1) * batch_len]
 
 
 def block_size(dataset: Any) -> int:
@@ -77,12 +102,13 @@ class EpochBatches(torch.utils.data.Sampler):
             raise ValueError("the training split is empty")
         self.n, self.seed, self.rank, self.world_size = int(n), int(seed), int(rank), int(world_size)
         self.block, self.start_step = max(1, int(block)), int(start_step)
-        self.shard = math.ceil(self.n / self.world_size)
+        self.shard = math.ceil(self.n / self.world_size)  # items per rank and epoch (at most)
         self.batch_size = max(1, min(int(batch_size), self.shard))
-        self.per_epoch = self.shard // self.batch_size
+        self.global_batch = self.batch_size * self.world_size
+        self.per_epoch = max(1, self.n // self.global_batch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """``(world_size * shard,)`` item indices of ``epoch``, the same on every rank."""
+        """Item indices of ``epoch``, the same on every rank (at least one global batch long)."""
         g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, stream=0xE90C))
         if self.block == 1:
             order = torch.randperm(self.n, generator=g)
@@ -94,27 +120,26 @@ class EpochBatches(torch.utils.data.Sampler):
                     for b in torch.randperm(len(blocks), generator=g)
                 ]
             )
-        total = self.shard * self.world_size
-        if total > self.n:  # pad by repeating the start, as DistributedSampler does
-            order = torch.cat([order, order[: total - self.n]])
+        if self.global_batch > self.n:  # fewer items than one global batch: repeat the start
+            order = torch.cat([order, order[: self.global_batch - self.n]])
         return order
+
+    def _slice(self, order: torch.Tensor, k: int) -> list[int]:
+        start = k * self.global_batch + self.rank * self.batch_size
+        return order[start : start + self.batch_size].tolist()
 
     def batch(self, step: int) -> list[int]:
         epoch, k = divmod(step, self.per_epoch)
-        order = self.epoch_order(epoch)
-        mine = order[self.rank * self.shard : (self.rank + 1) * self.shard]
-        return mine[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+        return self._slice(self.epoch_order(epoch), k)
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
-        cached_epoch, mine = -1, None
+        cached_epoch, order = -1, None
         while True:
             epoch, k = divmod(step, self.per_epoch)
             if epoch != cached_epoch:
-                order = self.epoch_order(epoch)
-                mine = order[self.rank * self.shard : (self.rank + 1) * self.shard]
-                cached_epoch = epoch
-            yield mine[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+                order, cached_epoch = self.epoch_order(epoch), epoch
+            yield self._slice(order, k)
             step += 1
 
 

@@ -1,4 +1,6 @@
-"""DDP-safe skipping: a NaN loss on one rank makes every rank skip that step together (gloo, 2 processes)."""
+"""The shared trainer under DDP (gloo, 2 processes): a NaN loss on one rank makes every rank skip
+that step together; and 2 ranks with the same global batch train the same weights as one process,
+resume included (the data path's global batches and global_batch_draw)."""
 
 import json
 import os
@@ -6,6 +8,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = """
 import json, os, sys
@@ -84,3 +88,60 @@ def test_nan_on_one_rank_skips_the_step_on_both(tmp_path):
     w = r0["weights"]
     assert w[2] == w[1]  # step 3 (index 2) was skipped on both ranks
     assert w[1] != w[0] and w[3] != w[2]  # the other steps were applied
+
+
+def _launch(script_args: list[str], tmp_path, world: int = 2) -> list[str]:
+    """Start ``world`` ranks of ``python script_args`` under torchrun's variables; their stderr."""
+    port = _free_port()
+    root = Path(__file__).parents[3]
+    procs = []
+    for rank in range(world):
+        env = os.environ | {
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(root),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *script_args], env=env, cwd=root, stderr=subprocess.PIPE, text=True
+            )
+        )
+    try:
+        errors = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * world, errors
+    return errors
+
+
+@pytest.mark.slow  # two processes that import torch, ~20 s of CPU
+def test_two_ranks_train_the_weights_of_one_process_with_the_same_global_batch(tmp_path):
+    import numpy as np
+
+    from tests.boed.runtime.ddp_equal import GLOBAL_BATCH, STEPS, run
+
+    one = run(str(tmp_path / "one"), world_size=1, rank=0)
+    _launch(["-m", "tests.boed.runtime.ddp_equal", str(tmp_path / "two")], tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"two.{r}.json").read_text()) for r in range(2))
+    assert r0["step"] == one["step"] == STEPS
+    assert r0["images_seen"] == STEPS * GLOBAL_BATCH // 2 and one["images_seen"] == STEPS * GLOBAL_BATCH
+    for key in ("weights", "ema"):
+        assert r0[key] == r1[key]  # the replicas agree exactly
+        for a, b in zip(one[key], r0[key], strict=True):  # and match one process up to rounding
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    moved = max(
+        abs(x - y) for a, b in zip(one["weights"], run_init(), strict=True) for x, y in zip(a, b, strict=True)
+    )
+    assert moved > 1e-2  # the comparison is not between untrained nets
+
+
+def run_init() -> list[list[float]]:
+    from tests.boed.runtime.ddp_equal import _net
+
+    return [p.detach().flatten().tolist() for p in _net().parameters()]
