@@ -3,6 +3,10 @@
 - ``boed``: the argmax of the EIG map (Eq. 17 of Harvey, Naderiparizi & Wood, "Image Completion
   via Inference in Deep Generative Models", 2021; maximised, their footnote 6).
 - ``random``: a uniformly random candidate among those that reveal something new.
+- ``random-disjoint``: a uniformly random candidate among those overlapping nothing seen (the
+  non-overlapping random baseline of the fraction observed), else among those revealing most.
+- ``boed-lcb``: the maximum of ``EIG − z · SE`` (the estimate's Monte Carlo standard error),
+  a noise-averse BOED to compare with ``boed`` (docs/acquisition.md, "A sound first decision").
 - ``amortized`` (beyond the paper): the argmax of a value network's predicted EIG map, one
   forward pass instead of the exact estimate (``boed.amortized``, docs/amortized.md).
 - ``raster``: the next candidate in row-major order that overlaps nothing seen so far (a tiling),
@@ -97,6 +101,7 @@ class DecisionState:
     classifier: Classifier | None = None
     target: Target | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    eig_se: torch.Tensor | None = None  # (K,) Monte Carlo standard error of ``eig`` where known
 
     def _truth(self, what: str) -> Truth:
         if self.truth is None:
@@ -141,6 +146,8 @@ class BatchState:
         generators: per episode, its random generator (or None).
         eig: ``(B, K)`` EIG maps when the policy ``needs_eig`` (for the j-th scan of a step: the
             EIG of the earlier choices and each candidate together), else None.
+        eig_se: ``(B, K)`` Monte Carlo standard errors of ``eig`` where known (the first scan of
+            a step), else None.
         truth: per episode, its hidden image and labels when the policy ``needs_truth``, else
             None; read them through :attr:`images` and :meth:`labels`.
         classifier, target, memory_budget: for policies that query the classifier (the oracles).
@@ -157,6 +164,7 @@ class BatchState:
     classifier: Classifier | None = None
     target: Target | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    eig_se: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.mask.shape[0])
@@ -174,6 +182,7 @@ class BatchState:
             scanned=[list(s.scanned) for s in states],
             generators=[s.generator for s in states],
             eig=None if first.eig is None else torch.stack([s.eig for s in states]),
+            eig_se=None if any(s.eig_se is None for s in states) else torch.stack([s.eig_se for s in states]),
             truth=None if any(t is None for t in truths) else truths,
             classifier=first.classifier,
             target=first.target,
@@ -190,6 +199,7 @@ class BatchState:
             scanned=list(self.scanned[b]),
             generator=self.generators[b],
             eig=None if self.eig is None else self.eig[b],
+            eig_se=None if self.eig_se is None else self.eig_se[b],
             truth=None if self.truth is None else self.truth[b],
             classifier=self.classifier,
             target=self.target,
@@ -249,6 +259,16 @@ def choose_batch(policy: Policy, state: BatchState) -> torch.Tensor:
     return torch.tensor([int(policy.choose(state.episode(b))) for b in range(len(state))], dtype=torch.long)
 
 
+def lower_confidence_bound(eig: torch.Tensor, stderr: torch.Tensor | None, z: float) -> torch.Tensor:
+    """``EIG − z · SE`` elementwise (float64), the score :class:`BoedLCBPolicy` maximises; where the
+    standard error is unknown (None, or NaN as for N = 1) the EIG itself."""
+    eig = eig.double()
+    if stderr is None:
+        return eig
+    se = torch.nan_to_num(stderr.double().to(eig.device), nan=0.0)
+    return eig - float(z) * se
+
+
 class BoedPolicy:
     """Scan where the expected information gain is largest (lowest index on ties)."""
 
@@ -259,11 +279,35 @@ class BoedPolicy:
     def choose(self, state: DecisionState) -> int:
         return int(self.choose_batch(BatchState.of([state]))[0])
 
+    def score(self, state: BatchState) -> torch.Tensor:
+        """``(B, K)`` what the policy maximises: the EIG map."""
+        return state.eig.double()
+
     def choose_batch(self, state: BatchState) -> torch.Tensor:
         if state.eig is None:
-            raise BoedError("the boed policy needs the EIG map")
-        eig = state.eig.double().masked_fill(~state.revealing().to(state.eig.device), -torch.inf)
-        return torch.argmax(eig, dim=1).cpu()  # the first maximum of each row
+            raise BoedError(f"the {self.name} policy needs the EIG map")
+        score = self.score(state).masked_fill(~state.revealing().to(state.eig.device), -torch.inf)
+        return torch.argmax(score, dim=1).cpu()  # the first maximum of each row
+
+
+class BoedLCBPolicy(BoedPolicy):
+    """BOED robust to Monte Carlo noise: the maximum of the lower confidence bound ``EIG − z · SE``.
+
+    ``SE`` is the estimate's Monte Carlo standard error per candidate (``boed.eig.eig_standard_error``,
+    handed over in ``BatchState.eig_se``); ``z`` = :attr:`z` (1: a one-sided 84 % bound). A
+    candidate whose large EIG rests on a few completions loses to one that is nearly as good
+    and surely so. Where no standard error is known (the 2nd..k-th scan of a step with
+    ``--scans-per-step``, N = 1) it is the argmax of the EIG. Measured on the exact toy world
+    (benchmarks/first_decision.py, docs/acquisition.md "A sound first decision"): it picks the
+    truly best scan *less* often than the plain argmax at equal N (high-EIG candidates are also
+    the high-variance ones), so ``boed`` stays the default and this policy is there to compare.
+    """
+
+    name = "boed-lcb"
+    z = 1.0
+
+    def score(self, state: BatchState) -> torch.Tensor:
+        return lower_confidence_bound(state.eig, state.eig_se, self.z)
 
 
 class RandomPolicy:
@@ -281,6 +325,31 @@ class RandomPolicy:
 
     def choose_batch(self, state: BatchState) -> torch.Tensor:
         # episode by episode: each draws from its own generator, whatever else is in the batch
+        return torch.tensor([self.choose(state.episode(b)) for b in range(len(state))], dtype=torch.long)
+
+
+class RandomDisjointPolicy:
+    """A uniformly random candidate among those that overlap nothing seen so far (seeded); once
+    none is left, a uniformly random one among those revealing the most new pixels.
+
+    The non-overlapping random baseline: ``random`` wastes pixels on overlapping scans, this one
+    observes ``k p²`` pixels after k scans as long as a disjoint candidate exists (on the 64 px
+    cpu preset with 16 px scans and a 17 x 17 grid, at least 4 scans always fit).
+    """
+
+    name = "random-disjoint"
+    needs_eig = False
+    needs_truth = False
+
+    def choose(self, state: DecisionState) -> int:
+        new = state.new_pixels()
+        best = new == new.max()
+        choices = best.nonzero().squeeze(1).cpu()
+        device = state.generator.device if state.generator is not None else "cpu"
+        pick = torch.randint(len(choices), (1,), generator=state.generator, device=device)
+        return int(choices[int(pick)])
+
+    def choose_batch(self, state: BatchState) -> torch.Tensor:
         return torch.tensor([self.choose(state.episode(b)) for b in range(len(state))], dtype=torch.long)
 
 
@@ -400,6 +469,8 @@ POLICIES: dict[str, type] = {
     "raster": RasterPolicy,
     "oracle": OraclePolicy,
     "oracle-entropy": EntropyOraclePolicy,
+    "random-disjoint": RandomDisjointPolicy,
+    "boed-lcb": BoedLCBPolicy,
     "amortized": AmortizedPolicy,
 }
 

@@ -90,17 +90,41 @@ def prior_decision(
     target: str | Target = "any",
     generator: torch.Generator | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    chunk: int | None = None,
 ) -> PriorDecision:
-    """The EIG of every candidate before anything is seen (identical in law for every image)."""
+    """The EIG of every candidate before anything is seen (identical in law for every image).
+
+    Computed once per run, so it can rest on many more completions than the later decisions
+    (``boed simulate --first-completions``). ``chunk``: draw the ``n_samples`` completions in
+    sampler calls of at most this many (one generator, in turn), so the sampler's memory stays that
+    of one ordinary decision; None = one call. The chunks' completions (and log-weights, each
+    call's as the sampler gives them) are concatenated; per-call ``info`` is dropped (the EIG
+    never reads it).
+    """
     size = candidates.image_size
     device = getattr(classifier, "device", "cpu")
     observed = torch.zeros(1, 1, size, size, device=device)
     with at_step(1):
-        completions = sampler.sample(observed, observed, n_samples, generator=generator)
+        completions = _draw_in_chunks(sampler, observed, n_samples, generator, chunk)
         eig, ig = expected_information_gain(
             classifier, observed, observed, completions, candidates, target, memory_budget=memory_budget
         )
     return PriorDecision(completions, eig, ig)
+
+
+def _draw_in_chunks(sampler, observed, n: int, generator, chunk: int | None) -> Completions:
+    from boed.protocols import Completions
+
+    if chunk is None or chunk >= n:
+        return sampler.sample(observed, observed, n, generator=generator)
+    parts = [
+        sampler.sample(observed, observed, min(chunk, n - start), generator=generator)
+        for start in range(0, n, chunk)
+    ]
+    images = torch.cat([p.images if p.images.dim() == 5 else p.images[:, None] for p in parts])
+    weights = [p.log_weights for p in parts]
+    log_weights = None if any(w is None for w in weights) else torch.cat([w.reshape(-1, 1) for w in weights])
+    return Completions(images, log_weights, None)
 
 
 @contextmanager

@@ -91,6 +91,14 @@ class SimulationConfig:
     sampler_batching: str = "per-episode"
     # beyond the paper: the value network of policy amortized (None: the shipped one)
     amortized_checkpoint: str | None = None
+    # completions of the shared first decision (nothing observed, computed once per run); None:
+    # n_samples, as runs were before the option (FIRST_COMPLETIONS holds the presets' defaults)
+    first_completions: int | None = None
+
+    @property
+    def prior_completions(self) -> int:
+        """N of the shared first decision: ``first_completions``, else ``n_samples``."""
+        return self.n_samples if self.first_completions is None else int(self.first_completions)
 
     def dataset_options(self) -> dict[str, Any]:
         """Keyword arguments of ``datasets.open_dataset`` beyond the source, split, size and n."""
@@ -105,7 +113,10 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policies", parse_policies(self.policies))
-        for name in ("n_images", "scans", "n_samples", "grid", "scans_per_step", "batch_episodes"):
+        positive = ("n_images", "scans", "n_samples", "grid", "scans_per_step", "batch_episodes")
+        if self.first_completions is not None:
+            positive = (*positive, "first_completions")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise BoedError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.patch_size <= self.image_size:
@@ -143,6 +154,12 @@ class SimulationConfig:
             raise BoedError(f"stored run config does not fit this version: {exc}") from None
 
 
+FIRST_COMPLETIONS = {"cpu": 200}
+"""Default completions N of the shared first decision per preset (``--first-completions``); other
+presets use their ``n_samples``. On the cpu preset N = 200 costs about 20 decisions of N = 10 once
+per run (measured in docs/acquisition.md, "A sound first decision")."""
+
+
 SAMPLER_FLOATS_PER_PIXEL = 64
 """The sampler's live activations per completion pixel, in float32 values, assumed by
 :func:`decision_memory` (a VDVAE decoder of width 32 keeps about two such tensors at full size)."""
@@ -166,7 +183,10 @@ def decision_memory(config: SimulationConfig) -> int:
     """
     s2, k, n, e = config.image_size**2, config.grid**2, config.n_samples, config.batch_episodes
     per_episode = 9 * k * s2 + 4 * n * s2 + 24 * n * k
-    return e * per_episode + 4 * n * s2 * SAMPLER_FLOATS_PER_PIXEL + 4 * config.memory_budget
+    # the shared first decision: one episode with first_completions, drawn in chunks of n_samples
+    first = config.prior_completions
+    prior = 9 * k * s2 + 4 * first * s2 + 24 * first * k
+    return max(e * per_episode, prior) + 4 * n * s2 * SAMPLER_FLOATS_PER_PIXEL + 4 * config.memory_budget
 
 
 def check_memory(config: SimulationConfig, available: int | None, where: str = "this machine") -> None:
@@ -602,9 +622,29 @@ def _previous_timings(store: Any, run_id: str) -> dict[str, float]:
     return timings
 
 
+def image_findings(dataset: Any, index: int) -> list[tuple[str, tuple[int, int, int, int]]] | None:
+    """The located findings of image ``index``: ``[(label, (r0, c0, r1, c1)), ...]`` pixel boxes
+    of the simulated image (``dataset.findings(i)``: phantoms, ChestX-ray14's
+    ``BBox_List_2017.csv``), stored with each session for the report's hit rate; None where the
+    dataset gives no locations for it (no ``findings``, or ``findings_known(i)`` is False)."""
+    get = getattr(dataset, "findings", None)
+    if not callable(get):
+        return None
+    known = getattr(dataset, "findings_known", None)
+    if callable(known) and not known(index):
+        return None
+    return [(str(f[0]), tuple(int(v) for v in f[1])) for f in get(index)]
+
+
+def _located(item: dict[str, Any]) -> dict[str, Any]:
+    """``start_session``'s ``findings`` keyword for an item, only where there are locations (so a
+    store without the column, e.g. a test double, is called as before)."""
+    return {} if item.get("findings") is None else {"findings": item["findings"]}
+
+
 def _load_item(dataset: Any, index: int) -> dict[str, Any]:
     try:
-        return dataset[index]
+        return dict(dataset[index]) | {"findings": image_findings(dataset, index)}
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - recorded per session, the run goes on
@@ -676,10 +716,11 @@ class _RunContext:
                 self.sampler,
                 self.classifier,
                 self.candidates,
-                self.config.n_samples,
+                self.config.prior_completions,
                 self.target,
                 generator=generator,
                 memory_budget=self.config.memory_budget,
+                chunk=self.config.n_samples,
             )
         return self._prior
 
@@ -691,7 +732,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
     image = item["img"].float().reshape(1, 1, size, size).to(context.device)
     true_labels = [float(v) for v in item["lab"].reshape(-1).tolist()]
     session_id = store.start_session(
-        run_id, image_id=image_id, image_index=index, policy=policy, true_labels=true_labels
+        run_id, image_id=image_id, image_index=index, policy=policy, true_labels=true_labels, **_located(item)
     )
     try:
         if policy == FULL_IMAGE:
@@ -828,7 +869,12 @@ def _write_session(
     store = context.store
     true_labels = [float(v) for v in item["lab"].reshape(-1).tolist()]
     session_id = store.start_session(
-        context.run_id, image_id=image_id, image_index=index, policy=policy, true_labels=true_labels
+        context.run_id,
+        image_id=image_id,
+        image_index=index,
+        policy=policy,
+        true_labels=true_labels,
+        **_located(item),
     )
     try:
         for record in records:

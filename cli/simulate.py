@@ -87,7 +87,26 @@ def _summary_table(summary, title: str):
             table.add_row(f"  full image (n={int(full['n'].iloc[0])})", *[v] * len(scans), style="dim")
         if key != "entropy":
             table.add_section()
+    _coverage_rows(table, curves, len(scans))
     return table
+
+
+def _coverage_rows(table, curves, width: int) -> None:
+    """Hit rate (where the run has positive located sessions) and fraction observed, per policy."""
+    if "observed" not in curves:
+        return
+    for key, name in (("hit_rate", "hit rate"), ("observed", "fraction observed")):
+        if not curves[key].notna().any():
+            continue
+        table.add_section()
+        table.add_row(f"[bold]{name}[/bold]", *[""] * width)
+        for policy, sub in curves.groupby("policy", sort=False):
+            n = int(sub["hit_n"].iloc[0]) if key == "hit_rate" else int(sub["n"].iloc[0])
+            table.add_row(f"  {policy} (n={n})", *[_fmt(v) for v in sub.sort_values("scans")[key]])
+        if key == "observed":
+            first = curves[curves["policy"] == curves["policy"].iloc[0]].sort_values("scans")
+            cells = [_fmt(v) for v in first["observed_disjoint"]]
+            table.add_row("  no overlap k·p²/S²", *cells, style="dim")
 
 
 def _fmt(v: float) -> str:
@@ -105,12 +124,11 @@ def _paired_table(paired):
     table.add_column("scans:", no_wrap=True)
     for s in scans:
         table.add_column(str(s), justify="right", no_wrap=True)
-    for key, name in (
-        ("accuracy", "Δ accuracy"),
-        ("auroc", "Δ AUROC"),
-        ("log_loss", "Δ log loss"),
-        ("brier", "Δ Brier"),
-    ):
+    keys = [("accuracy", "Δ accuracy"), ("auroc", "Δ AUROC"), ("log_loss", "Δ log loss")]
+    keys.append(("brier", "Δ Brier"))
+    if "hit_rate" in paired and paired["hit_rate"].notna().any():
+        keys.append(("hit_rate", "Δ hit rate"))
+    for key, name in keys:
         table.add_row(f"[bold]{name}[/bold]", *[""] * len(scans))
         for policy, sub in paired.groupby("policy", sort=False):
             cells = []
@@ -119,7 +137,7 @@ def _paired_table(paired):
                 star = "*" if not math.isnan(lo) and (lo > 0 or hi < 0) else " "
                 cells.append("–" if math.isnan(value) else f"{value:+.3f}{star}")
             table.add_row(f"  {policy}", *cells)
-        if key != "brier":
+        if key != keys[-1][0]:
             table.add_section()
     return table
 
@@ -144,7 +162,7 @@ def simulate(
         "boed,random,oracle",
         "--policy",
         help="Comma-separated: boed, random, raster, oracle (greedy with the truth: an upper bound), "
-        "oracle-entropy.",
+        "oracle-entropy, random-disjoint (random scans that do not overlap), boed-lcb (max of EIG - SE).",
     ),
     scans: int = typer.Option(5, "--scans", help="Scans per session."),
     n_images: int = typer.Option(DEFAULT_N_IMAGES, "--n-images", help="Test images to simulate."),
@@ -156,6 +174,12 @@ def simulate(
     ),
     grid: int | None = typer.Option(
         None, "--grid", help="Candidate grid G x G (preset: 17); at most the scan positions per side."
+    ),
+    first_completions: int | None = typer.Option(
+        None,
+        "--first-completions",
+        help="Completions N of the first decision, shared by every session and computed once per "
+        "run (cpu preset: 200; other presets: --n-samples).",
     ),
     sampler: str = typer.Option("aipo", "--sampler", help="Sampler name (generative.registry)."),
     sampler_checkpoint: Path | None = typer.Option(
@@ -172,6 +196,13 @@ def simulate(
     ),
     preset: str = typer.Option("cpu", "--preset", help="cpu (64 px, 16 px scans) or paper (256/64)."),
     seed: int = typer.Option(0, "--seed"),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Comma-separated seeds, e.g. 0,1,2: one run per seed (instead of --seed), then the "
+        "spread: each seed's value and mean ± sd across seeds (seeds.csv). A seed draws the "
+        "phantoms, the sampler's completions and the random choices.",
+    ),
     split: str = typer.Option("test", "--split", help="Dataset split."),
     data_root: Path | None = typer.Option(
         None, "--data-root", help="NIH ChestX-ray14 / DICOM / folder root (or env BOED_DATA_ROOT)."
@@ -239,12 +270,14 @@ def simulate(
     Under torchrun the images are shared out across the ranks, which write to one store (a
     PostgreSQL URL in --db); rank 0 prints the results and writes the report (docs/scaling.md).
     """
+    if seeds is not None:  # one run per seed, each this command with --seed, then their spread
+        return _simulate_seeds(simulate, dict(locals()))
     with user_errors(), _sigterm_as_interrupt():
         from boed.config import get_preset
         from boed.eig import resolve_target
         from boed.errors import BoedError
         from boed.policies import parse_policies
-        from boed.simulate import SimulationConfig, check_memory, check_parts
+        from boed.simulate import FIRST_COMPLETIONS, SimulationConfig, check_memory, check_parts
 
         t_start = time.perf_counter()
         if retry_failed and resume is None:
@@ -278,6 +311,9 @@ def simulate(
                 scans=scans,
                 n_samples=pre.n_samples if n_samples is None else n_samples,
                 grid=pre.grid if grid is None else grid,
+                first_completions=(
+                    FIRST_COMPLETIONS.get(pre.name) if first_completions is None else first_completions
+                ),
                 image_size=pre.image_size,
                 patch_size=pre.patch_size,
                 target=target,
@@ -347,6 +383,82 @@ def simulate(
         )
         if not no_report:
             console.print(f"report: {_write_report(build_report, store, run_id, out)}")
+        return run_id
+
+
+def _simulate_seeds(command, args: dict[str, Any]) -> None:
+    """``boed simulate --seeds 0,1,2``: ``command`` once per seed (``--seed s``; reports in
+    ``--out DIR/seed-s/``, else ``runs/<run id>/``), then the spread across the runs
+    (``boed.report.metrics.seed_spread``): printed as mean ± sd, and written with each seed's
+    value to ``seeds.csv`` (in ``--out DIR``, else ``runs/seeds-<first run id>/``)."""
+    from boed.report.metrics import seed_spread
+
+    with user_errors():
+        from boed.errors import BoedError
+
+        try:
+            chosen = [int(v) for v in str(args["seeds"]).split(",") if v.strip()]
+        except ValueError:
+            raise BoedError(
+                f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args['seeds']!r}"
+            ) from None
+        if not chosen or len(set(chosen)) != len(chosen):
+            raise BoedError(f"--seeds needs distinct integers, e.g. 0,1,2; got {args['seeds']!r}")
+        if args["resume"] is not None:
+            raise BoedError("--seeds starts new runs; resume each seed's run with --resume RUN_ID alone")
+        out = args["out"]
+        if out is not None and not args["no_report"]:
+            for s in chosen:
+                _check_out(out / f"seed-{s}", None)
+    run_ids = {}
+    for s in chosen:
+        err_console.print(f"seed {s} ({len(run_ids) + 1} of {len(chosen)})", style="bold")
+        one = args | {"seeds": None, "seed": s, "out": None if out is None else out / f"seed-{s}"}
+        run_ids[s] = command(**one)
+    if any(run_id is None for run_id in run_ids.values()):  # a torchrun rank other than 0
+        return
+    with user_errors():
+        from boed.report import load_target_summary
+        from boed.store import Store
+
+        store = Store.open(args["db"])
+        summaries = {s: load_target_summary(store, run_id)[2] for s, run_id in run_ids.items()}
+        spread = seed_spread(summaries)
+        folder = out if out is not None else Path("runs") / f"seeds-{next(iter(run_ids.values()))}"
+        folder.mkdir(parents=True, exist_ok=True)
+        spread.to_csv(folder / "seeds.csv", index=False)
+        (folder / "seeds-runs.csv").write_text(
+            "seed,run_id\n" + "".join(f"{s},{r}\n" for s, r in run_ids.items()), encoding="utf-8"
+        )
+        console.print(_spread_table(spread, run_ids))
+        console.print(f"seeds: {folder / 'seeds.csv'}")
+
+
+def _spread_table(spread, run_ids: dict[int, str]):
+    """Mean ± sd across seeds of accuracy, AUROC and the hit rate, per policy and scans."""
+    from rich.table import Table
+
+    curves = spread[spread["scans"].notna()]
+    scans = sorted(int(s) for s in curves["scans"].unique())
+    seeds = ", ".join(f"{s} ({r})" for s, r in run_ids.items())
+    table = Table(title=f"mean ± sd over seeds {seeds}", title_justify="left")
+    table.add_column("scans:", no_wrap=True)
+    for s in scans:
+        table.add_column(str(s), justify="right", no_wrap=True)
+    for key, name in (("accuracy", "accuracy"), ("auroc", "AUROC"), ("hit_rate", "hit rate")):
+        sub = curves[curves["metric"] == key]
+        if sub.empty or not sub["mean"].notna().any():
+            continue
+        table.add_row(f"[bold]{name}[/bold]", *[""] * len(scans))
+        for policy, rows in sub.groupby("policy", sort=False):
+            rows = rows.sort_values("scans")
+            cells = [
+                "–" if math.isnan(m) else f"{m:.3f}±{d:.3f}" if not math.isnan(d) else f"{m:.3f}"
+                for m, d in zip(rows["mean"], rows["sd"], strict=True)
+            ]
+            table.add_row(f"  {policy}", *cells)
+        table.add_section()
+    return table
 
 
 def _join_ranks(dev: str, db: str | None):

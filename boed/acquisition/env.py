@@ -263,6 +263,7 @@ class ScanEnv(VectorEnv):
         mask: torch.Tensor | None = None,
         eig: torch.Tensor | None = None,
         generators: Sequence[torch.Generator | None] | None = None,
+        eig_se: torch.Tensor | None = None,
     ) -> BatchState:
         """The :class:`BatchState` of ``episodes`` for ``policy`` (truth only if it ``needs_truth``)."""
         ctrl = [self.controllers[b] for b in episodes]
@@ -280,6 +281,7 @@ class ScanEnv(VectorEnv):
             scanned=[[s for s in c.scanned if s is not None] for c in ctrl],
             generators=list(generators) if generators is not None else [c.generator for c in ctrl],
             eig=eig,
+            eig_se=eig_se,
             truth=truth,
             classifier=self.classifier,
             target=self.target,
@@ -427,8 +429,13 @@ def run_episodes(
 def _choose_step(env, policy, running, step, mask, k, decisions):
     """The k choices of one step for the ``running`` episodes (:func:`greedy_scans`)."""
 
+    first_eig = None if decisions is None else torch.stack([d.eig for d in decisions])
+    first_se = None if decisions is None else torch.stack([d.stderr for d in decisions])
+
     def choose(mask_j: torch.Tensor, eig_j: torch.Tensor | None) -> torch.Tensor:
-        return choose_batch(policy, env.batch_state(running, step, policy, mask_j, eig_j))
+        # the standard errors belong to the step's first map only (the conditional ones have none)
+        se = first_se if decisions is not None and eig_j is first_eig else None
+        return choose_batch(policy, env.batch_state(running, step, policy, mask_j, eig_j, eig_se=se))
 
     if decisions is None:
         return greedy_scans(choose, mask, env.candidates, k, None, None)
@@ -437,6 +444,6 @@ def _choose_step(env, policy, running, step, mask, k, decisions):
         mask,
         env.candidates,
         k,
-        torch.stack([d.eig for d in decisions]),
+        first_eig,
         lambda given: env.conditional_eig(running, decisions, given),
     )

@@ -24,7 +24,7 @@ import pandas as pd
 
 from boed.eig import ALL, Target, resolve_target
 from boed.policies import FULL_IMAGE
-from boed.report.figures import plot_performance, plot_session
+from boed.report.figures import plot_coverage, plot_performance, plot_session
 from boed.report.metrics import summarise
 
 _CSS = """
@@ -72,8 +72,26 @@ def load_target_summary(
         summary = _macro_mean(
             [summarise(by_label.get(name, empty), scans, policies, ci=False) for name in target.labels]
         )
+    summary = _with_coverage(store, run_id, target, summary)
     summary.insert(0, "target", target.name)
     return run, target, summary
+
+
+def _with_coverage(store: Any, run_id: str, target: Target, summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with the hit rate and the fraction observed (:mod:`boed.report.coverage`) of
+    each policy and number of scans joined on (NaN for the full-image line, and for the hit rate
+    where no session is positive and located)."""
+    from boed.report.coverage import coverage_summary, load_coverage
+
+    config = store.get_run(run_id).config or {}
+    table = load_coverage(store, run_id, target.labels)
+    located = coverage_summary(
+        table,
+        int(config.get("scans", 5)),
+        int(config.get("patch_size", 16)),
+        int(config.get("image_size", 64)),
+    )
+    return summary.merge(located, on=["policy", "scans"], how="left")
 
 
 def load_summary(store: Any, run_id: str, label: str | None = None) -> tuple[Any, pd.DataFrame]:
@@ -112,6 +130,11 @@ def load_paired(store: Any, run_id: str, reference: str = "random", label: str |
         store.predictions(run_id, label=target.labels[0]), int(config.get("scans", 5)), reference, policies
     )
     if len(table):
+        from boed.report.coverage import load_coverage, paired_coverage
+
+        located = load_coverage(store, run_id, target.labels)
+        extra = [paired_coverage(located, r.policy, reference, int(r.scans)) for r in table.itertuples()]
+        table = pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1)
         table.insert(0, "target", target.name)
     return table
 
@@ -183,6 +206,7 @@ def paired_html(paired: pd.DataFrame) -> str:
     head = "".join(
         f"<th>{h}</th>"
         for h in ("scans", "pairs", "Δ accuracy [95% CI]", "McNemar p", "Δ AUROC", "Δ log loss", "Δ Brier")
+        + (("Δ hit rate", "hit McNemar p", "Δ observed") if "hit_rate" in paired else ())
     )
     rows = []
     for policy, sub in paired.groupby("policy", sort=False):
@@ -196,6 +220,13 @@ def paired_html(paired: pd.DataFrame) -> str:
                 _ci(r.log_loss, r.log_loss_lo, r.log_loss_hi),
                 _ci(r.brier, r.brier_lo, r.brier_hi),
             ]
+            if "hit_rate" in paired:
+                cells += [
+                    _ci(r.hit_rate, r.hit_rate_lo, r.hit_rate_hi)
+                    + f" <span class=small>(n={int(r.hit_n)})</span>",
+                    _fmt(float(r.hit_mcnemar_p)) if int(r.hit_n) else "–",
+                    _ci(r.observed, r.observed_lo, r.observed_hi),
+                ]
             rows.append(
                 f"<tr><td class=l>{html.escape(policy)}</td>"
                 + "".join(f"<td>{c}</td>" for c in cells)
@@ -243,16 +274,23 @@ def summary_html(summary: pd.DataFrame) -> str:
         ("entropy", "Mean entropy (nats)"),
         ("log_loss", "Log loss (nats, lower is better)"),
         ("brier", "Brier score (lower is better)"),
+        ("hit_rate", "Hit rate: a scan has covered a finding of the target (positive located sessions)"),
+        ("observed", "Fraction of the image observed"),
     )
     for key, title in titles:
-        if key not in summary:
+        if key not in summary or (key == "hit_rate" and not summary[key].notna().any()):
             continue
         head = "".join(f"<th>{s}</th>" for s in scans)
         rows = []
         for policy, sub in curves.groupby("policy", sort=False):
             cells = "".join(f"<td>{_with_ci(r, key)}</td>" for r in sub.sort_values("scans").itertuples())
-            rows.append(f"<tr><td class=l>{html.escape(policy)} (n={int(sub['n'].iloc[0])})</td>{cells}</tr>")
-        if not full.empty:
+            n = int(sub["hit_n"].iloc[0]) if key == "hit_rate" else int(sub["n"].iloc[0])
+            rows.append(f"<tr><td class=l>{html.escape(policy)} (n={n})</td>{cells}</tr>")
+        if key == "observed" and "observed_disjoint" in curves and len(curves):
+            first = curves[curves["policy"] == curves["policy"].iloc[0]].sort_values("scans")
+            cells = "".join(f"<td>{float(v):.3f}</td>" for v in first["observed_disjoint"])
+            rows.append(f"<tr><td class=l>non-overlapping scans, min(1, k·p²/S²)</td>{cells}</tr>")
+        if not full.empty and key not in ("hit_rate", "observed"):  # no scans, nothing located
             rows.append(
                 f"<tr><td class=l>full image (n={int(full['n'].iloc[0])})</td>"
                 f"<td colspan={max(len(scans), 1)}>{_with_ci(next(full.itertuples()), key)}</td></tr>"
@@ -278,6 +316,7 @@ def build_report(
     config = run.config or {}
     patch = int(config.get("patch_size", 16))
     plot_performance(summary, out / "fig5.png", target.title)
+    coverage_png = plot_coverage(summary, out / "coverage.png", target.title)
     summary.to_csv(out / "summary.csv", index=False)
     paired = load_paired(store, run_id, label=label)
     paired.to_csv(out / "paired.csv", index=False)
@@ -330,6 +369,11 @@ def build_report(
         '<img src="fig5.png" alt="performance vs number of scans">',
         "<p class=small>Values in brackets: 95% bootstrap confidence intervals over images.</p>",
         summary_html(summary),
+        *(
+            ['<h3>Where the scans went</h3><img src="coverage.png" alt="hit rate and fraction observed">']
+            if coverage_png is not None
+            else []
+        ),
         "<h2>Paired comparison</h2>",
         paired_html(paired),
         "<h2>Decision diagnostics</h2>",

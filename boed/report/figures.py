@@ -61,6 +61,41 @@ def plot_performance(summary: pd.DataFrame, path: Path, label: str) -> Path:
     return path
 
 
+def plot_coverage(summary: pd.DataFrame, path: Path, label: str) -> Path | None:
+    """Where the scans went: the hit rate on ``label``'s located findings (when the run has
+    positive located sessions) and the fraction of the image observed vs number of scans, one
+    line per policy with its 95 % bootstrap CI as a band; the fraction observed also shows
+    non-overlapping scans, ``min(1, k p² / S²)`` (dashed). None when the summary has neither."""
+    curves = summary[summary["policy"] != FULL_IMAGE]
+    if "observed" not in curves or curves.empty:
+        return None
+    panels = [("observed", "fraction of the image observed")]
+    if curves["hit_rate"].notna().any():
+        panels.insert(0, ("hit_rate", "hit rate (a scan covered a finding)"))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        for policy, sub in curves.groupby("policy", sort=False):
+            (line,) = ax.plot(sub["scans"], sub[key], marker="o", label=policy)
+            if sub[f"{key}_lo"].notna().any():
+                ax.fill_between(
+                    sub["scans"], sub[f"{key}_lo"], sub[f"{key}_hi"], color=line.get_color(), alpha=0.15, lw=0
+                )
+        if key == "observed":
+            first = curves[curves["policy"] == curves["policy"].iloc[0]]
+            ax.plot(first["scans"], first["observed_disjoint"], "k--", lw=1, label="no overlap")
+        ax.set_xlabel("number of scans")
+        ax.set_title(f"{label}: {title}" if key == "hit_rate" else title)
+        ax.set_xticks(sorted(curves["scans"].unique()))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _overlay(ax, image, values, patch, vmax, title=None):
     size = image.shape[-1]
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, extent=(0, size, size, 0))

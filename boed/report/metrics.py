@@ -173,3 +173,55 @@ def compare(
                 b = ref[["image_id", "truth"]].assign(prob=ref[t].to_numpy(float))
                 rows.append({"policy": policy, "reference": reference, "scans": t} | paired_differences(a, b))
     return pd.DataFrame(rows)
+
+
+SPREAD_METRICS = ("accuracy", "auroc", "entropy", "log_loss", "brier", "hit_rate", "observed")
+
+
+def seed_spread(summaries: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """The spread of a run repeated over seeds (``boed simulate --seeds``).
+
+    ``summaries``: ``{seed: summary table}`` (:func:`boed.report.load_target_summary` of each
+    seed's run). Returns one row per (policy, scans, metric): ``policy, scans, metric, n_seeds,
+    mean, sd`` (the sample standard deviation across seeds, ``ddof = 1``; NaN for one seed) and
+    ``seed_<s>``, each seed's value. Seeds where a value is NaN (an AUROC with one class) are left
+    out of its mean and sd and counted out of ``n_seeds``.
+    """
+    long = []
+    for seed, table in summaries.items():
+        keys = [m for m in SPREAD_METRICS if m in table]
+        melted = table.melt(id_vars=["policy", "scans"], value_vars=keys, var_name="metric")
+        long.append(melted.assign(seed=int(seed)))
+    columns = ["policy", "scans", "metric", "n_seeds", "mean", "sd"]
+    if not long:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(long, ignore_index=True)
+    frame["scans"] = frame["scans"].fillna(-1.0)  # the full-image line: pivot keeps NaN keys apart
+    wide = frame.pivot_table(
+        index=["policy", "scans", "metric"], columns="seed", values="value", aggfunc="first", dropna=False
+    )
+    wide = wide.reindex(columns=sorted(summaries))
+    values = wide.to_numpy(float)
+    known = ~np.isnan(values)
+    count = known.sum(1)
+    filled = np.where(known, values, 0.0)
+    with np.errstate(all="ignore"):
+        mean = filled.sum(1) / count
+        var = (np.where(known, values - mean[:, None], 0.0) ** 2).sum(1) / (count - 1)
+    out = pd.DataFrame(
+        {"n_seeds": count, "mean": mean, "sd": np.where(count >= 2, np.sqrt(var), np.nan)}, index=wide.index
+    )
+    for seed in wide.columns:
+        out[f"seed_{seed}"] = wide[seed]
+    out = out.reset_index()
+    out["scans"] = out["scans"].replace(-1.0, math.nan)
+    order = {p: i for i, p in enumerate(dict.fromkeys(pd.concat(list(summaries.values()))["policy"]))}
+    metric_order = {m: i for i, m in enumerate(SPREAD_METRICS)}
+    out = out[out["n_seeds"] > 0].sort_values(
+        ["policy", "metric", "scans"],
+        key=lambda c: (
+            c.map(order) if c.name == "policy" else c.map(metric_order) if c.name == "metric" else c
+        ),
+        na_position="last",
+    )
+    return out.reset_index(drop=True)

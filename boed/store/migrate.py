@@ -59,6 +59,7 @@ ADDED_COLUMNS = {
     "0002": {"runs": {"target", "error"}},
     "0003": {"runs": {"kind"}},
     "0004": {"steps": {"eig_se", "ess", "target_observed", "target_completions"}},
+    "0005": {"sessions": {"findings"}},
 }
 
 

@@ -86,6 +86,9 @@ class Session(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the image's located findings, [{"label": name, "box": [r0, c0, r1, c1]}, ...]; null: the
+    # dataset gives no locations (migration 0005)
+    findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class Step(Base):

@@ -53,6 +53,10 @@ class ReadAPI(StoreBase):
             raise StoreError(f"unknown session id {session_id}")
         values = {c.key: row[c.key] for c in Session.__table__.columns}
         values["true_labels"] = tuple(math.nan if v is None else float(v) for v in values["true_labels"])
+        if values["findings"] is not None:
+            values["findings"] = tuple(
+                {"label": f["label"], "box": tuple(f["box"])} for f in values["findings"]
+            )
         values["started_at"] = utc(values["started_at"])
         values["ended_at"] = utc(values["ended_at"])
         return SessionRecord(**values)
@@ -120,7 +124,9 @@ class ReadAPI(StoreBase):
     def sessions(self, run_id: str | None = None) -> pd.DataFrame:
         """One row per session (every status): ``session_id, run_id, image_id, image_index,
         policy, status, error, started_at, ended_at, n_steps, seconds, true_labels`` (a list in
-        the run's label order, NaN = unknown). ``run_id=None``: every run."""
+        the run's label order, NaN = unknown), ``findings`` (the image's located findings, a list
+        of ``{"label", "box": [r0, c0, r1, c1]}``; None where the dataset gives no locations).
+        ``run_id=None``: every run."""
         per_session = (
             select(
                 Step.session_id,
@@ -144,6 +150,7 @@ class ReadAPI(StoreBase):
                 func.coalesce(per_session.c.n_steps, 0).label("n_steps"),
                 func.coalesce(per_session.c.seconds, 0.0).label("seconds"),
                 Session.true_labels,
+                Session.findings,
             )
             .outerjoin(per_session, per_session.c.session_id == Session.id)
             .order_by(Session.id)
@@ -157,12 +164,15 @@ class ReadAPI(StoreBase):
 
         truth = [[math.nan if v is None else float(v) for v in t] for t in df["true_labels"]]
         df["true_labels"] = pd.Series(truth, index=df.index, dtype=object)
-        return _tidy(
-            df,
+        located = pd.Series(list(df["findings"]), index=df.index, dtype=object)
+        df = _tidy(
+            df.drop(columns="findings"),
             ints=("session_id", "image_index", "n_steps"),
             floats=("seconds",),
             times=("started_at", "ended_at"),
         )
+        df["findings"] = located  # lists or None (never text, which _tidy makes of all-None columns)
+        return df
 
     def steps(
         self, run_id: str | None = None, *, status: str | None = "done", eig_map: bool = False

@@ -67,6 +67,37 @@ class SessionRecord:
     error: str | None
     started_at: datetime
     ended_at: datetime | None
+    # the image's located findings: ({"label": name, "box": (r0, c0, r1, c1)}, ...); None: the
+    # dataset gives no locations (schema 0005)
+    findings: tuple[dict[str, Any], ...] | None = None
+
+
+def findings_json(findings: Any) -> list[dict[str, Any]] | None:
+    """Located findings as the ``sessions.findings`` column keeps them: a list of
+    ``{"label": str, "box": [r0, c0, r1, c1]}`` (integers, half-open pixel box, r0 < r1, c0 < c1).
+
+    Accepts ``datasets.phantoms.Finding`` tuples ``(name, (r0, c0, r1, c1))``, ``(name, r0, c0,
+    r1, c1)`` tuples or dicts of that form; None stays None (no locations). Anything else raises
+    :class:`StoreError` naming the finding.
+    """
+    if findings is None:
+        return None
+    out = []
+    for k, f in enumerate(findings):
+        try:
+            if isinstance(f, dict):
+                name, box = f["label"], f["box"]
+            elif len(f) == 2:
+                name, box = f
+            else:
+                name, box = f[0], f[1:]
+            r0, c0, r1, c1 = (int(v) for v in box)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"finding {k} is not (label, (r0, c0, r1, c1)): {f!r} ({exc})") from None
+        if not (r0 < r1 and c0 < c1) or min(r0, c0) < 0:
+            raise StoreError(f"finding {k} ({name}) has an empty or negative box {[r0, c0, r1, c1]}")
+        out.append({"label": str(name), "box": [r0, c0, r1, c1]})
+    return out
 
 
 def now() -> datetime:

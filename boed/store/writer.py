@@ -16,6 +16,7 @@ from boed.store.records import (
     MAX_ERROR_CHARS,
     RUN_KINDS,
     RUN_STATUSES,
+    findings_json,
     finite_or_none,
     floats,
     jsonable,
@@ -80,14 +81,24 @@ class WritePath(StoreBase):
         return run.run_id
 
     def start_session(
-        self, run_id: str, *, image_id: str, image_index: int, policy: str, true_labels: Sequence[float]
+        self,
+        run_id: str,
+        *,
+        image_id: str,
+        image_index: int,
+        policy: str,
+        true_labels: Sequence[float],
+        findings: Sequence[Any] | None = None,
     ) -> int:
         """Start the session of one (image, policy) in a run; returns the session id.
 
-        ``true_labels`` in the run's label order, NaN = unknown. A pair already in the run is
-        refused (use :meth:`resume_plan` to skip finished pairs when resuming).
+        ``true_labels`` in the run's label order, NaN = unknown. ``findings``: the image's located
+        findings (``(label, (r0, c0, r1, c1))`` pixel boxes, :func:`~boed.store.records.findings_json`),
+        or None where the dataset gives no locations. A pair already in the run is refused (use
+        :meth:`resume_plan` to skip finished pairs when resuming).
         """
         truth = floats(true_labels, "true_labels")
+        located = findings_json(findings)
         with self._write() as s:
             labels = self._run_labels(s, run_id)
             if len(truth) != len(labels):
@@ -114,6 +125,7 @@ class WritePath(StoreBase):
                 error=None,
                 started_at=now(),
                 ended_at=None,
+                findings=located,
             )
             s.add(row)
             s.flush()

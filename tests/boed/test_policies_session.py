@@ -99,9 +99,10 @@ def test_entropy_oracle_minimises_entropy_on_true_image(world, grid):
 
 
 def test_policy_names():
-    assert set(POLICIES) == {"boed", "random", "raster", "oracle", "oracle-entropy"}
+    names = {"boed", "boed-lcb", "random", "random-disjoint", "raster", "oracle", "oracle-entropy"}
+    assert names <= set(POLICIES)
     assert parse_policies("boed, random,boed") == ("boed", "random")
-    with pytest.raises(BoedError, match="valid policies: boed, random, raster, oracle"):
+    with pytest.raises(BoedError, match="valid policies: boed, random, raster, oracle, oracle-entropy, random-disjoint, boed-lcb"):
         parse_policies("boed,greedy")
 
 

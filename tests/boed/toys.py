@@ -185,7 +185,7 @@ class FakeStore:
         self.runs[run_id] = {"config": config, "status": "running", **kw}
         return run_id
 
-    def start_session(self, run_id, *, image_id, image_index, policy, true_labels):
+    def start_session(self, run_id, *, image_id, image_index, policy, true_labels, findings=None):
         sid = len(self.sessions) + 1
         self.sessions[sid] = dict(
             run_id=run_id,
@@ -195,6 +195,7 @@ class FakeStore:
             true_labels=true_labels,
             status="running",
             error=None,
+            findings=findings,
         )
         return sid
 

@@ -177,3 +177,20 @@ def test_bbox_list(tmp_path):
     (f,) = ds.findings(2)
     assert f.name == "Nodule" and f.bbox == (1, 2, 5, 5)
     assert ds.findings(5)[0].name == "Infiltration" and ds.findings(5)[0].bbox == (0, 0, 5, 10)
+
+
+def test_bbox_images_are_the_located_ones_and_reach_the_simulation(tmp_path):
+    """Only images of BBox_List_2017.csv have known locations: an empty list elsewhere means "no
+    boxes given", which the simulation stores as null (left out of the hit rate), not "healthy"."""
+    from boed.simulate import image_findings
+
+    root = make_tree(tmp_path / "nih", layout="flat")
+    (root / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000002_000.png,Nodule,4,2,6,8,,,\n"
+    )
+    ds = NIHDataset(root, split="all", size=10)
+    assert [ds.findings_known(i) for i in range(len(ds))] == [i == 2 for i in range(len(ds))]
+    assert image_findings(ds, 2) == [("Nodule", (1, 2, 5, 5))]
+    assert image_findings(ds, 0) is None
+    (root / "BBox_List_2017.csv").unlink()
+    assert not NIHDataset(root, split="all", size=10).findings_known(2)

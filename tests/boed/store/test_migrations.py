@@ -195,7 +195,7 @@ def test_unversioned_tables_of_the_newest_schema_or_of_something_else(tmp_path):
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
-    with pytest.raises(StoreError, match="match schema revision 0004: .*stamp 0004"):
+    with pytest.raises(StoreError, match="match schema revision 0005: .*stamp 0005"):
         Store.open(url)
     other = tmp_path / "other.db"
     engine = make_engine(other)
@@ -305,3 +305,69 @@ def test_steps_of_older_schemas_read_null_diagnostics_and_0004_downgrades(store_
     engine.dispose()
     with Store.open(store_url) as store:
         assert len(store.steps()) == len(steps)
+
+
+def test_session_findings_round_trip_older_sessions_read_none_and_0005_downgrades(store_url):
+    """Migration 0005 adds ``sessions.findings``: older sessions read None, new ones keep their
+    boxes (an empty list stays empty: located, no finding); 0005 downgrades to 0004 and back."""
+    _to_revision(store_url, "0001")
+    _populate_first_schema(store_url)
+    _to_revision(store_url, "0004")
+    with Store.open(store_url) as store:  # 0004 -> head
+        old = store.sessions()
+        assert len(old) and all(f is None for f in old["findings"])
+        run_id = old["run_id"].iloc[0]
+        labels = store.get_run(run_id).labels
+        boxed = store.start_session(
+            run_id,
+            image_id="boxed",
+            image_index=90,
+            policy="boed",
+            true_labels=[1] * len(labels),
+            findings=[("Mass", (1, 2, 5, 9)), {"label": "Nodule", "box": [0, 0, 3, 3]}],
+        )
+        healthy = store.start_session(
+            run_id,
+            image_id="healthy",
+            image_index=91,
+            policy="boed",
+            true_labels=[0] * len(labels),
+            findings=[],
+        )
+        with pytest.raises(StoreError, match=r"finding 0 \(Mass\) has an empty or negative box"):
+            store.start_session(
+                run_id,
+                image_id="bad",
+                image_index=92,
+                policy="boed",
+                true_labels=[0] * len(labels),
+                findings=[("Mass", (5, 2, 5, 9))],
+            )
+        with pytest.raises(StoreError, match="finding 0 is not"):
+            store.start_session(
+                run_id,
+                image_id="bad",
+                image_index=92,
+                policy="boed",
+                true_labels=[0] * len(labels),
+                findings=[("Mass", (1, 2))],
+            )
+        rows = store.sessions(run_id).set_index("session_id")
+        assert rows.loc[boxed, "findings"] == [
+            {"label": "Mass", "box": [1, 2, 5, 9]},
+            {"label": "Nodule", "box": [0, 0, 3, 3]},
+        ]
+        assert rows.loc[healthy, "findings"] == []
+        assert store.get_session(boxed).findings[0] == {"label": "Mass", "box": (1, 2, 5, 9)}
+        assert store.get_session(healthy).findings == () and "bad" not in set(rows["image_id"])
+    engine = make_engine(store_url)
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    with engine.connect() as conn:
+        assert "findings" not in {c["name"] for c in inspect(conn).get_columns("sessions")}
+    engine.dispose()
+    with Store.open(store_url) as store:  # back to head: the boxes are gone, the sessions kept
+        again = store.sessions(run_id)
+        assert len(again) == len(rows) and all(f is None for f in again["findings"])
