@@ -86,7 +86,7 @@ def boed_columns(
             sub = sub.set_index("policy")
             for key in ("accuracy", "log_loss"):
                 for suffix in ("", "_lo", "_hi"):
-                    out[f"d_{key}{suffix}_vs_{ref}"] = out["sampler"].map(sub[f"{key}{suffix}"])
+                    out[f"d_{key}_vs_{ref}{suffix}"] = out["sampler"].map(sub[f"{key}{suffix}"])
             out[f"mcnemar_p_vs_{ref}"] = out["sampler"].map(sub["mcnemar_p"])
     return out
 
