@@ -39,7 +39,7 @@ import torch
 
 from boed.config import override, to_dict
 from boed.runtime.checkpoints import CheckpointError, checkpoint_paths
-from boed.runtime.data import default_workers, image_loader, memory_subset, step_generator
+from boed.runtime.data import default_workers, global_batch_draw, image_loader, memory_subset
 from boed.runtime.devices import init_distributed, resolve_device
 from boed.runtime.provenance import data_record, resume_data_mismatch, trained_on
 from boed.runtime.resume import load_resume, resume_path, save_resume
@@ -120,23 +120,37 @@ def check_binary(labels: torch.Tensor, names: Sequence[str], what: str) -> None:
 
 
 def batches(
-    loader: Any, columns: list[int], config: TrainConfig, *, rank: int, start_step: int, names=None
+    loader: Any,
+    columns: list[int],
+    config: TrainConfig,
+    *,
+    rank: int,
+    start_step: int,
+    names=None,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless ``(x, m, y)`` batches from step ``start_step`` on.
 
     ``loader`` yields ``{"img", "lab"}`` batches in the seeded epoch order of
-    :class:`boed.runtime.data.EpochBatches`; the masks of step ``s`` come from a generator seeded
-    by ``(seed, rank, s)``, so a resumed run sees exactly what the uninterrupted run saw.
+    :class:`boed.runtime.data.EpochBatches`; the masks of step ``s`` are this rank's slice of the
+    masks drawn for the whole global batch from a generator seeded by ``(seed, s)``
+    (:func:`boed.runtime.data.global_batch_draw`), so a resumed run sees exactly what the
+    uninterrupted run saw, whatever the number of ranks.
     """
     step = start_step
     cols = torch.tensor(columns)
     for batch in loader:
         x = batch["img"]
-        g = step_generator(config.seed, rank, step, MASK_STREAM)
         y = batch["lab"].index_select(1, cols)
         if names is not None:
             check_binary(y, names, "training")
-        yield x, training_masks(len(x), x.shape[-1], config, g), y
+
+        def draw(n: int, g: torch.Generator, size: int = x.shape[-1]) -> torch.Tensor:
+            return training_masks(n, size, config, g)
+
+        # this rank's slice of the masks of the whole global batch
+        masks = global_batch_draw(draw, len(x), config.seed, step, MASK_STREAM, rank, world_size)
+        yield x, masks, y
         step += 1
 
 
@@ -432,7 +446,15 @@ def train_classifier(
         pin_memory=dev.type == "cuda",
     )
     model.train()
-    stream = batches(loader, train_cols, tcfg, rank=dist.rank, start_step=state.step, names=names)
+    stream = batches(
+        loader,
+        train_cols,
+        tcfg,
+        rank=dist.rank,
+        start_step=state.step,
+        names=names,
+        world_size=dist.world_size,
+    )
     try:
         if bar is not None:
             bar.start()

@@ -5,8 +5,9 @@
 * the streaming data path of :mod:`boed.runtime.data` (DataLoader workers decode and resize images
   one by one, a seeded epoch order, one shard per rank); each step's batch is ``(x, mask)`` with
   masks from the family's distribution (default: the AIPO masks, 0–5 squares of side 35 %, §4 of
-  Harvey et al., "Image Completion via Inference in Deep Generative Models", 2021), drawn from a
-  generator seeded by ``(seed, rank, step)``;
+  Harvey et al., "Image Completion via Inference in Deep Generative Models", 2021), drawn for the
+  whole global batch from a generator seeded by ``(seed, step)``, each rank taking its slice
+  (:func:`boed.runtime.data.global_batch_draw`), so the masks do not depend on the number of ranks;
 * the family's phases (one per optimiser: a GAN's critic and generator, say), with their
   schedules, gradient clipping, DDP-safe skipping of bad updates and the all-skipped guard of
   :func:`boed.runtime.training.train`; an EMA of the weights when the family asks for one;
@@ -39,7 +40,7 @@ import torch
 
 from boed.config import to_dict
 from boed.runtime.checkpoints import CheckpointError, save_checkpoint
-from boed.runtime.data import TensorImages, default_workers, image_loader, memory_subset, step_generator
+from boed.runtime.data import TensorImages, default_workers, global_batch_draw, image_loader, memory_subset
 from boed.runtime.devices import DistInfo
 from boed.runtime.provenance import data_record, resume_data_mismatch, trained_on
 from boed.runtime.resume import load_resume, resume_path, save_resume
@@ -203,12 +204,15 @@ def train_generative(
         pin_memory=device.type == "cuda",
     )
     channels_last = torch.channels_last
+    ranks = (dist.rank, dist.world_size)
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step = start
         for batch in loader:
             x = batch["img"]
-            m = mask_fn(len(x), size, step_generator(options.seed, dist.rank, step, MASK_STREAM))
+            m = global_batch_draw(  # this rank's slice of the masks of the whole global batch
+                lambda n, g: mask_fn(n, size, g), len(x), options.seed, step, MASK_STREAM, *ranks
+            )
             yield (
                 x.to(device).contiguous(memory_format=channels_last),
                 m.to(device).contiguous(memory_format=channels_last),
