@@ -20,7 +20,12 @@ The hot path is the (candidates x completions) product of classifier calls: 2,89
 17 x 17 grid and N = 10. It is built with broadcasting, deduplicated (candidates whose new masks
 coincide share their classifier calls), run in chunks bounded by a memory budget, and candidates
 that reveal nothing new get exactly 0 without any classifier call (their completions equal the
-current observation, so their IG is 0 by definition).
+current observation, so their IG is 0 by definition). Completions that agree exactly on every
+pixel a candidate's view shows give the same classifier input, so they share one call too
+(:func:`view_representatives`: a deterministic sampler's N identical completions cost one call
+per candidate, not N; a continuous sampler's completions never agree, and cost what they did).
+Everything stays on the device of the observation; only the boolean masks visit the CPU to be
+de-duplicated.
 """
 
 from __future__ import annotations
@@ -267,6 +272,47 @@ def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(first, device=rows.device), torch.tensor(inverse, device=rows.device)
 
 
+def view_representatives(
+    images: torch.Tensor, masks: torch.Tensor, base: torch.Tensor, memory_budget: int = 2**26
+) -> torch.Tensor:
+    """For each view mask ``u`` and completion ``n``, the first completion whose view equals it.
+
+    The classifier input of completion ``n`` under mask ``m_u`` is ``(I_n * m_u, m_u)``; two
+    completions that agree exactly on every pixel of ``m_u`` give the same input, so the same
+    entropy, and one classifier call serves both (deterministic samplers return N identical
+    completions: one call instead of N; samplers of discrete states repeat states). Exact
+    equality is an equivalence, so the first equal completion represents its whole class.
+
+    Args:
+        images: ``(N, 1, H, W)`` completions of one image.
+        masks: ``(U, 1, H, W)`` bool view masks, each containing ``base``.
+        base: ``(1, 1, H, W)`` bool pixels every view shows (observed plus scans already chosen).
+        memory_budget: bytes of pairwise differences built at once.
+
+    Returns:
+        ``(U, N)`` long: ``rep[u, n] <= n``, ``rep[u, n] == n`` where ``n`` needs its own call.
+    """
+    n, device = images.shape[0], images.device
+    rep = torch.arange(n, device=device).expand(masks.shape[0], n).clone()
+    if n < 2 or masks.shape[0] == 0:
+        return rep
+    flat = images.flatten(1)  # (N, P)
+    i, j = torch.triu_indices(n, n, 1, device=device)  # pairs i < j
+    keep = ~((flat[i] != flat[j]) & base.flatten()).any(1)  # pairs that differ where every view looks
+    i, j = i[keep], j[keep]
+    if i.numel() == 0:
+        return rep
+    views = masks.flatten(1).to(flat.dtype)  # (U, P)
+    equal = torch.zeros(n, n, masks.shape[0], dtype=torch.bool, device=device)  # [i, j, u]
+    step = max(1, memory_budget // (flat.shape[1] * flat.element_size()))
+    for s in range(0, i.numel(), step):
+        a, b = i[s : s + step], j[s : s + step]
+        differ = (flat[a] != flat[b]).to(flat.dtype)  # (Q, P) 0/1: exact counts in float32 < 2^24
+        equal[a, b] = (differ @ views.T) == 0  # (Q, U): no differing pixel inside the view
+    first = equal.int().argmax(0)  # (N, U): the first i equal to j (0 where none)
+    return torch.where(equal.any(0), first, rep.T).T.contiguous()
+
+
 def target_cross_entropy(probs: torch.Tensor, truth: torch.Tensor, target: Target) -> torch.Tensor:
     """``-sum_l [y_l log p_l + (1-y_l) log(1-p_l)]`` over the target's known labels: ``(...)`` float64."""
     p = probs[..., list(target.indices)].double().clamp(_EPS, 1 - _EPS)
@@ -434,23 +480,29 @@ def expected_information_gain_batch(
     seen = mask > 0.5
     base = seen if given is None else seen | (given.to(device) > 0.5)
     all_masks, mask_rows, image_rows, layout = [], [], [], []
-    n_masks = n_images = 0
+    n_masks = n_images = n_pairs = 0
     for b, (images, _) in enumerate(per_image):
         new_masks = base[b : b + 1] | (cand > 0.5)  # (K, 1, H, W)
         reveals = (new_masks & ~seen[b : b + 1]).flatten(1).any(1)
         active = reveals.nonzero().squeeze(1)
         n = images.shape[0]
         inverse = None
+        slots = None
         if active.numel():
             first, inverse = _unique_rows(new_masks[active].flatten(1))
-            unique = new_masks[active][first].float()  # (U, 1, H, W)
-            u = unique.shape[0]
-            pairs = torch.arange(u * n, device=device)
-            mask_rows.append(n_masks + pairs // n)
-            image_rows.append(n_images + pairs % n)
-            all_masks.append(unique)
-            n_masks += u
-        layout.append((active, inverse, n_images, n))
+            unique = new_masks[active][first]  # (U, 1, H, W) bool
+            # one classifier call per distinct view: completions that agree on a whole view share it
+            rep = view_representatives(images, unique, base[b : b + 1])  # (U, N)
+            distinct = (rep == torch.arange(n, device=device)).nonzero()  # (D, 2): (view mask, completion)
+            slot = torch.full(rep.shape, -1, dtype=torch.long, device=device)
+            slot[distinct[:, 0], distinct[:, 1]] = torch.arange(distinct.shape[0], device=device)
+            slots = n_pairs + slot.gather(1, rep)  # (U, N): where each pair's entropy lands
+            mask_rows.append(n_masks + distinct[:, 0])
+            image_rows.append(n_images + distinct[:, 1])
+            all_masks.append(unique.float())
+            n_masks += unique.shape[0]
+            n_pairs += distinct.shape[0]
+        layout.append((active, inverse, slots, n))
         n_images += n
     stacked = torch.cat([images for images, _ in per_image])  # (sum N_b, 1, H, W)
     h_after = torch.empty(0, dtype=torch.float64, device=device)
@@ -466,13 +518,11 @@ def expected_information_gain_batch(
         )
     eig = torch.zeros(b_count, k, dtype=torch.float64, device=device)
     stderr = torch.zeros(b_count, k, dtype=torch.float64, device=device)
-    igs, offset = [], 0
-    for b, (active, inverse, _, n) in enumerate(layout):
+    igs = []
+    for b, (active, inverse, slots, n) in enumerate(layout):
         ig = torch.zeros(n, k, dtype=torch.float64, device=device)
         if inverse is not None:
-            u = int(inverse.max()) + 1
-            block = h_after[offset : offset + u * n].reshape(u, n).T  # (N, U)
-            offset += u * n
+            block = h_after[slots].T  # (N, U)
             ig[:, active] = h_now[b] - block[:, inverse]
         eig[b] = check_finite((weights[b][:, None] * ig).sum(0), "the EIG map is not finite")
         stderr[b] = eig_standard_error(ig, per_image[b][1])

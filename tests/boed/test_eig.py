@@ -9,8 +9,10 @@ from boed.eig import (
     expected_information_gain_loop,
     resolve_target,
     target_entropy,
+    view_representatives,
 )
 from boed.errors import BoedError
+from boed.protocols import Completions
 from boed.scanner import CandidateGrid
 from datasets.labels import LABELS
 from tests.boed.toys import BayesClassifier, PosteriorSampler, ToyWorld, exact_mutual_information
@@ -36,6 +38,17 @@ def _setup(seed, scanned):
     for c in scanned:
         mask = torch.maximum(mask, grid.masks[c : c + 1])
     return world, grid, image * mask, mask
+
+
+def _distinct_views(images, mask, masks):
+    """Brute force: distinct classifier inputs ``(I_n * m_c, m_c)`` over candidates revealing something."""
+    seen = set()
+    for cand in masks:
+        m_c = torch.maximum(mask[0], cand)
+        if torch.equal(m_c, mask[0]):
+            continue
+        seen |= {(m_c.numpy().tobytes(), (image * m_c).numpy().tobytes()) for image in images}
+    return len(seen)
 
 
 def _indices(target):
@@ -75,9 +88,9 @@ def test_nothing_new_is_exactly_zero_without_classifier_calls():
     assert torch.equal(eig, torch.zeros(2, dtype=torch.float64)) and torch.equal(
         ig, torch.zeros(5, 2, dtype=torch.float64)
     )
-    # the full grid: calls only for the 7 candidates that reveal something new
+    # the full grid: calls only for the 7 candidates that reveal something new, one per distinct view
     eig, _ = expected_information_gain(clf, observed, mask, comps, grid, current_probs=probs)
-    assert clf.rows == 5 * 7
+    assert clf.rows == _distinct_views(comps.images[:, 0], mask, grid.masks) <= 5 * 7
     assert eig[0] == 0 and eig[8] == 0
 
 
@@ -87,7 +100,7 @@ def test_duplicate_new_masks_share_classifier_calls():
     clf = BayesClassifier(world)
     comps = PosteriorSampler(world).sample(observed, mask, 3, generator=torch.Generator().manual_seed(0))
     eig, _ = expected_information_gain(clf, observed, mask, comps, masks)
-    assert clf.rows == 1 + 3 * 2
+    assert clf.rows == 1 + _distinct_views(comps.images[:, 0], mask, masks)
     assert eig[0] == eig[1] and eig[2] == eig[3] == eig[4]
 
 
@@ -204,3 +217,60 @@ def test_non_finite_inputs_are_refused():
         expected_information_gain(
             clf, observed, mask, comps, grid, current_probs=torch.full((1, 15), float("nan"))
         )
+
+
+def test_completions_that_agree_on_a_view_share_one_call():
+    # every consistent state once, importance-weighted: distinct states show the same values in
+    # some blocks, so some candidates' views coincide across completions and others do not
+    world, grid, observed, mask = _setup(0, [0])
+    comps = PosteriorSampler(world, exact=True).sample(observed, mask, 0)
+    n = comps.images.shape[0]
+    clf = BayesClassifier(world)
+    probs = clf.predict(observed, mask)
+    clf.rows = 0
+    fast = expected_information_gain(clf, observed, mask, comps, grid, "any", current_probs=probs)
+    assert clf.rows == _distinct_views(comps.images[:, 0], mask, grid.masks) < n * (len(grid) - 1)
+    slow = expected_information_gain_loop(clf, observed, mask, comps, grid, "any")
+    torch.testing.assert_close(fast.eig, slow.eig, atol=1e-9, rtol=0)
+    torch.testing.assert_close(fast.ig, slow.ig, atol=1e-9, rtol=0)
+
+
+def test_deterministic_completions_need_one_call_per_view():
+    world, grid, observed, mask = _setup(1, [])
+    comps = Completions(world.images[2:3].repeat(6, 1, 1, 1)[:, None])  # six identical completions
+    clf = BayesClassifier(world)
+    fast = expected_information_gain(clf, observed, mask, comps, grid, "any")
+    assert clf.rows == 1 + len(grid)  # the observation, then one view per candidate
+    slow = expected_information_gain_loop(clf, observed, mask, comps, grid, "any")
+    torch.testing.assert_close(fast.ig, slow.ig, atol=1e-9, rtol=0)
+
+
+def test_completions_differing_on_the_observation_are_not_merged():
+    # a sampler that breaks the contract (observed pixels not pasted): views differ on m itself
+    world, grid, observed, mask = _setup(0, [0])
+    images = world.images[3:4].repeat(2, 1, 1, 1)
+    images[1, :, :4, :4] = 1.0 - images[1, :, :4, :4]  # inside the observed block only
+    rep = view_representatives(images, (torch.maximum(mask, grid.masks) > 0.5), mask > 0.5)
+    assert torch.equal(rep, torch.arange(2).expand(len(grid), 2))
+    same = view_representatives(images[:1].repeat(3, 1, 1, 1), grid.masks > 0.5, mask > 0.5)
+    assert torch.equal(same, torch.zeros(len(grid), 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("budget", [1, 4 * 64 * 3, 2**26])
+def test_view_representatives_chunking(budget):
+    # five completions; 1 == 3 on block (1, 0); 0 == 2 == 4 everywhere but block (1, 1) of 4
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 1, 8, 8, generator=g)
+    images[2] = images[0]
+    images[4] = images[0]
+    images[4, :, 4:, 4:] += 1
+    images[3, :, 4:, :4] = images[1, :, 4:, :4]
+    base = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    blocks = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        blocks[k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = True
+    rep = view_representatives(images, blocks, base, memory_budget=budget)
+    expected = torch.tensor(
+        [[0, 1, 0, 3, 0], [0, 1, 0, 3, 0], [0, 1, 0, 1, 0], [0, 1, 0, 3, 4]]
+    )
+    assert torch.equal(rep, expected)
