@@ -194,7 +194,7 @@ def evaluate_samplers_command(
             if path is None and specs[name].artifact and not specs[name].shipped:
                 path = _artifact(name, out, images, preset, clf.image_size, n_train, seed, options)
             smp = build_sampler(name, path, preset=preset, device=dev)
-            check_training_data(
+            provenance[name] = check_training_data(
                 getattr(smp, "meta", {}).get("data"),
                 description,
                 what=str(path or f"the shipped {name}"),
@@ -202,7 +202,7 @@ def evaluate_samplers_command(
             )
             return smp
 
-        results, grids = [], {}
+        results, grids, provenance = [], {}, {}
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         plan = {n: engine.chunks(min(caps.get(n, len(x)), len(x)), chunk_size) for n in names}
@@ -258,7 +258,7 @@ def evaluate_samplers_command(
                     save_file({k: v.contiguous() for k, v in g.items() if k != "setting"}, grid_path)
                     cache.write_json("grid.json", {"setting": json.dumps(g["setting"])})
                 grids[name] = g
-                notes = []
+                notes = list(provenance.get(name, []))
                 if name in caps:
                     notes.append(f"first {len(arrays['index'])} images only (--max-images)")
                 results.append(engine.SamplerResult(name, arrays, cost, notes, specs[name].deterministic))
