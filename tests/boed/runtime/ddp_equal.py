@@ -7,7 +7,11 @@ rank): 3 steps, a resume file, then fresh model, optimiser and EMA objects resto
 more steps. Returns the final weights and EMA weights as lists (rank 0 writes them to
 ``out.<world_size>.json`` when run as a script under torchrun's variables)::
 
-    WORLD_SIZE=2 RANK=r ... python -m tests.boed.runtime.ddp_equal OUT
+    WORLD_SIZE=2 RANK=r ... python -m tests.boed.runtime.ddp_equal OUT [shared|sampler]
+
+``run_sampler(out, dist)`` does the same through the sampler trainer
+(``generative.training.train_generative``) with the tiny ``pixelcnn-local`` family (a likelihood
+loss: no noise and no BatchNorm), 2 steps, then ``resume`` to 4; rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -90,11 +94,36 @@ def run(out: str, world_size: int = 1, rank: int = 0) -> dict:
     }
 
 
+def run_sampler(out: str, dist=None) -> None:
+    """Train the tiny pixelcnn-local sampler 2 steps, then resume it to 4 (global batch 8)."""
+    from pathlib import Path
+
+    from boed.runtime.devices import DistInfo
+    from generative.pixelcnn_local import FAMILY
+    from generative.training import TrainOptions, train_generative
+
+    dist = dist or DistInfo()
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(32, 1, 32, 32, generator=g)
+    for steps, resume in ((2, False), (4, True)):
+        config = FAMILY.config("tiny", steps=steps, batch_size=GLOBAL_BATCH // dist.world_size, lr=3e-3)
+        options = TrainOptions(out=Path(out), seed=SEED, resume=resume, val_every=100, ckpt_every=100,
+                               val_images=4, workers=0)  # fmt: skip
+        train_generative(
+            FAMILY, "pixelcnn-local", config, images, images[:4], options, dist=dist, log=lambda _: None
+        )
+
+
 if __name__ == "__main__":
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    result = run(sys.argv[1], dist.get_world_size(), dist.get_rank())
-    with open(sys.argv[1] + f".{dist.get_rank()}.json", "w") as fh:
-        json.dump(result | {"world_size": int(os.environ["WORLD_SIZE"])}, fh)
+    if sys.argv[2:] == ["sampler"]:
+        from boed.runtime.devices import DistInfo
+
+        run_sampler(sys.argv[1], DistInfo(dist.get_rank(), dist.get_world_size(), dist.get_rank()))
+    else:
+        result = run(sys.argv[1], dist.get_world_size(), dist.get_rank())
+        with open(sys.argv[1] + f".{dist.get_rank()}.json", "w") as fh:
+            json.dump(result | {"world_size": int(os.environ["WORLD_SIZE"])}, fh)
     dist.destroy_process_group()

@@ -145,3 +145,25 @@ def run_init() -> list[list[float]]:
     from tests.boed.runtime.ddp_equal import _net
 
     return [p.detach().flatten().tolist() for p in _net().parameters()]
+
+
+@pytest.mark.slow  # two processes that import torch and the samplers, ~25 s of CPU
+def test_two_ranks_train_the_sampler_of_one_process_with_the_same_global_batch(tmp_path):
+    """The sampler trainer (train_generative) with resume: the checkpoint rank 0 writes after 2 + 2
+    steps on 2 ranks holds the weights one process writes with the same global batch."""
+    import torch
+    from safetensors.torch import load_file
+
+    from generative.pixelcnn_local import FAMILY
+    from tests.boed.runtime.ddp_equal import SEED, run_sampler
+
+    run_sampler(str(tmp_path / "one"))
+    _launch(["-m", "tests.boed.runtime.ddp_equal", str(tmp_path / "two"), "sampler"], tmp_path)
+    one, two = (load_file(tmp_path / f"{name}.safetensors") for name in ("one", "two"))
+    assert json.loads((tmp_path / "two.json").read_text())["training"]["step"] == 4
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(SEED)  # the trainer's initialisation
+    init = FAMILY.build_model(FAMILY.config("tiny")).state_dict()
+    assert any(not torch.equal(init[k], one[k]) for k in one if k in init)  # trained, not initial
