@@ -270,7 +270,5 @@ def test_view_representatives_chunking(budget):
     for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         blocks[k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = True
     rep = view_representatives(images, blocks, base, memory_budget=budget)
-    expected = torch.tensor(
-        [[0, 1, 0, 3, 0], [0, 1, 0, 3, 0], [0, 1, 0, 1, 0], [0, 1, 0, 3, 4]]
-    )
+    expected = torch.tensor([[0, 1, 0, 3, 0], [0, 1, 0, 3, 0], [0, 1, 0, 1, 0], [0, 1, 0, 3, 4]])
     assert torch.equal(rep, expected)
