@@ -248,6 +248,12 @@ def simulate(
         "--threads",
         help="CPU threads for torch (1: robust on shared machines; 0: torch's default, all cores).",
     ),
+    runtime: str = typer.Option(
+        "eager",
+        "--runtime",
+        help="Classifier inference runtime: eager (PyTorch, the reference), onnx (ONNX Runtime on the "
+        "CPU: pip install 'boed-xray[onnx]'), compile (torch.compile); see docs/performance.md.",
+    ),
     allow_training_images: bool = typer.Option(
         False,
         "--allow-training-images",
@@ -337,6 +343,10 @@ def simulate(
                 _check_out(out, None)
             store = _open_store(db, ranks)
         clf, smp = _load_parts(config, dev)
+        if runtime != "eager":
+            from classifiers.runtime import with_runtime
+
+            clf = with_runtime(clf, runtime)
         resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
         if resume is not None:
             _check_same_parts(store.get_run(resume), clf, smp)
