@@ -178,6 +178,8 @@ def decision_memory(config: SimulationConfig) -> int:
       + E 24 N K           information gains: ig, h_after and its gather (float64, N x K each)
       + 4 B                classifier chunks: inputs (bounded by B) and their activations
 
+    where the episodes' term is at least that of the shared first decision (one episode with
+    ``N = first_completions``, drawn in sampler calls of ``n_samples``: the sampler term stays).
     A lower bound for wider samplers (their activations grow with the width); it catches values
     that cannot fit long before a decision tries to allocate them.
     """
@@ -633,7 +635,10 @@ def image_findings(dataset: Any, index: int) -> list[tuple[str, tuple[int, int, 
     known = getattr(dataset, "findings_known", None)
     if callable(known) and not known(index):
         return None
-    return [(str(f[0]), tuple(int(v) for v in f[1])) for f in get(index)]
+    from boed.store.records import findings_json
+
+    # checked here, so a malformed box fails this image's sessions (not the store, not the run)
+    return [(f["label"], tuple(f["box"])) for f in findings_json(list(get(index)))]
 
 
 def _located(item: dict[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def _coverage_rows(table, curves, width: int) -> None:
         table.add_section()
         table.add_row(f"[bold]{name}[/bold]", *[""] * width)
         for policy, sub in curves.groupby("policy", sort=False):
-            n = int(sub["hit_n"].iloc[0]) if key == "hit_rate" else int(sub["n"].iloc[0])
+            n = int(sub["hit_n"].fillna(0).iloc[0]) if key == "hit_rate" else int(sub["n"].iloc[0])
             table.add_row(f"  {policy} (n={n})", *[_fmt(v) for v in sub.sort_values("scans")[key]])
         if key == "observed":
             first = curves[curves["policy"] == curves["policy"].iloc[0]].sort_values("scans")

@@ -284,7 +284,7 @@ def summary_html(summary: pd.DataFrame) -> str:
         rows = []
         for policy, sub in curves.groupby("policy", sort=False):
             cells = "".join(f"<td>{_with_ci(r, key)}</td>" for r in sub.sort_values("scans").itertuples())
-            n = int(sub["hit_n"].iloc[0]) if key == "hit_rate" else int(sub["n"].iloc[0])
+            n = int(sub["hit_n"].fillna(0).iloc[0]) if key == "hit_rate" else int(sub["n"].iloc[0])
             rows.append(f"<tr><td class=l>{html.escape(policy)} (n={n})</td>{cells}</tr>")
         if key == "observed" and "observed_disjoint" in curves and len(curves):
             first = curves[curves["policy"] == curves["policy"].iloc[0]].sort_values("scans")

@@ -174,3 +174,25 @@ def test_hit_rate_ci_and_mcnemar_on_many_sessions():
     paired = paired_coverage(table, "a", "b", 1)
     assert paired["hit_rate"] == pytest.approx(0.5) and paired["hit_rate_lo"] > 0
     assert paired["hit_mcnemar_p"] < 1e-4  # 20 discordant pairs, all for a
+
+
+def test_a_simulation_stores_the_boxes_and_a_bad_box_fails_only_its_image():
+    from boed.simulate import SimulationConfig, run_simulation
+    from tests.boed.toys import BayesClassifier, FakeStore, PosteriorSampler, ToyDataset, ToyWorld
+
+    class Located(ToyDataset):
+        def findings(self, i):
+            return [("Nodule", (0, 0, 4, 4))] if i != 1 else [("Nodule", (4, 4, 4, 9))]  # image 1: empty box
+
+    world = ToyWorld(seed=4)
+    config = SimulationConfig(
+        n_images=3, scans=1, n_samples=3, grid=3, image_size=8, patch_size=4, policies=("random",)
+    )
+    store = FakeStore()
+    run_simulation(store, Located(world, n=3), PosteriorSampler(world), BayesClassifier(world), config)
+    by_image = {}
+    for s in store.sessions.values():
+        by_image.setdefault(s["image_index"], []).append(s)
+    assert all(s["status"] == "done" and s["findings"] == [("Nodule", (0, 0, 4, 4))] for s in by_image[0])
+    assert all(s["status"] == "failed" and "empty or negative box" in s["error"] for s in by_image[1])
+    assert all(s["status"] == "done" for s in by_image[2]) and store.runs["run0"]["status"] == "done"
