@@ -49,7 +49,7 @@ from classifiers.avp_cnn import AVPCNN, init_from_imagenet
 from classifiers.config import ClassifierConfig, TrainConfig, classifier_preset, train_preset
 from classifiers.errors import ClassifierError
 from classifiers.metrics import auroc, expected_calibration_error, fit_temperature, masked_bce
-from classifiers.partial import PartialClassifier, config_from_dict, save_classifier
+from classifiers.partial import PartialClassifier, config_from_dict, save_classifier, weights_mismatch
 
 TRAINS = "classifier"
 VAL_SEED_OFFSET = 7919  # validation masks never share a stream with training masks
@@ -226,6 +226,7 @@ def train_classifier(
     device: str = "auto",
     resume: bool = False,
     imagenet_weights: str | Path | None = None,
+    init: str | Path | None = None,
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     train_set: Any = None,
@@ -248,6 +249,10 @@ def train_classifier(
         resume: continue from ``out``.train (config, labels and data from there; ``steps`` may
             be raised).
         imagenet_weights: optional local ImageNet DenseNet-121 weights (see :func:`init_from_imagenet`).
+        init: warm start: a classifier checkpoint whose weights (same architecture and labels) the
+            run starts from instead of a random initialisation; recorded as ``training.init`` (path
+            and sha256) in the written checkpoint. Ignored when resuming (the resume state holds
+            the weights).
         model_overrides, train_overrides: field overrides of the presets (unknown keys are errors).
         train_set, val_set: ready map-style datasets (``labels``, ``ds[i]``, ``describe()``)
             instead of opening ``images``.
@@ -333,6 +338,10 @@ def train_classifier(
             f"ImageNet init from {imagenet_weights}: {counts['loaded']} tensors loaded, "
             f"{counts['skipped']} not"
         )
+    init_record = resumed.meta.get("init") if resumed is not None else None
+    if init is not None and resumed is None:
+        init_record = warm_start(model, init)
+        say(f"warm start from {init_record['path']} (sha256 {init_record['sha256'][:12]}…)")
     model.to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(model, tcfg.ema) if tcfg.ema > 0 else None
@@ -374,6 +383,7 @@ def train_classifier(
         "preset": preset,
         "world_size": dist.world_size,
         "trained_on": provenance,
+        "init": init_record,
     }
 
     def validate(st: TrainState, stats: dict[str, float]) -> None:
@@ -494,6 +504,7 @@ def train_classifier(
         "device": str(dev),
         "wall_seconds": round(seconds, 1),
         "imagenet_weights": str(imagenet_weights) if imagenet_weights else None,
+        "init": init_record,
         "history": history,
         "torch": torch.__version__,
         "loader_workers": workers,
@@ -512,6 +523,31 @@ def train_classifier(
     meta = json.loads(checkpoint_paths(out)[1].read_text())
     say(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {seconds:.0f} s")
     return TrainResult(checkpoint=path, meta=meta, seconds=seconds, state=state, history=history)
+
+
+def warm_start(model: AVPCNN, init: str | Path) -> dict[str, Any]:
+    """Load the weights of classifier checkpoint ``init`` into ``model`` (same config and labels).
+
+    Returns ``{"path", "sha256", "trained_on"}`` of ``init`` for the new checkpoint's metadata.
+    Raises one :class:`ClassifierError` line when the file does not load or does not fit.
+    """
+    from classifiers.partial import load_classifier
+
+    source = load_classifier(init)
+    if list(source.labels) != list(model.config.labels):
+        raise ClassifierError(
+            f"--init {init}: labels {', '.join(source.labels)} differ from the run's "
+            f"{', '.join(model.config.labels)}"
+        )
+    problem = weights_mismatch(model.state_dict(), source.model.state_dict())
+    if problem is not None:
+        raise ClassifierError(f"--init {init}: weights do not fit the run's preset: {problem}")
+    model.load_state_dict(source.model.state_dict())
+    return {
+        "path": str(init),
+        "sha256": source.sha256,
+        "trained_on": (source.meta or {}).get("trained_on"),
+    }
 
 
 def build_model(preset: str = "cpu", **overrides: Any) -> AVPCNN:

@@ -50,6 +50,9 @@ def train_classifier_cmd(
         help="Local ImageNet DenseNet-121 weights (.safetensors or torch file) to start from.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in CKPT.train.*."),
+    init: Path | None = typer.Option(
+        None, "--init", help="Warm start from this classifier checkpoint (same preset and labels)."
+    ),
     workers: int | None = typer.Option(
         None, "--workers", help="DataLoader workers decoding images (default: spare cores, at most 4)."
     ),
@@ -97,6 +100,7 @@ def train_classifier_cmd(
             device=device,
             resume=resume,
             imagenet_weights=imagenet_weights,
+            init=init,
             train_overrides=overrides,
             workers=workers,
             labels=parse_labels(labels),

@@ -93,6 +93,9 @@ def train_sampler_command(
     pretrained_vae: Path | None = typer.Option(
         None, "--pretrained-vae", help="AIPO: train only the partial encoder on this VAE (§3.2)."
     ),
+    init: Path | None = typer.Option(
+        None, "--init", help="Warm start from this sampler checkpoint (same sampler and architecture)."
+    ),
     init_from_encoder: bool | None = typer.Option(
         None,
         "--init-from-encoder/--no-init-from-encoder",
@@ -205,6 +208,7 @@ def train_sampler_command(
             ckpt_every=ckpt_every,
             val_images=n_val,
             workers=workers,
+            init=init,
             command="boed " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )
         show = dist.is_main

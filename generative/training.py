@@ -59,7 +59,9 @@ class TrainOptions:
     """How to run (not what the model is): paths, seeds, cadence, loader workers.
 
     ``pretrained_vae`` / ``init_partial_from_encoder`` are the AIPO family's pretrained mode
-    (§3.2 of Harvey et al.); other families refuse them.
+    (§3.2 of Harvey et al.); other families refuse them. ``init`` is a warm start: a checkpoint of
+    the same family and architecture whose weights the run starts from (the optimiser starts
+    fresh); the written checkpoint records it as ``training.init`` (path, sha256, its data).
     """
 
     out: Path
@@ -73,6 +75,7 @@ class TrainOptions:
     val_images: int = 128
     workers: int | None = None  # DataLoader workers (None: one per spare core, at most 4)
     command: str = ""
+    init: Path | None = None  # warm start from this checkpoint's weights (see the docstring)
 
 
 def train_state_path(out: Path) -> Path:
@@ -90,11 +93,15 @@ def sampler_meta(
     *,
     data: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    init_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON of a ``sampler`` checkpoint (``data`` = the train/val descriptions)."""
+    """The JSON of a ``sampler`` checkpoint (``data`` = the train/val descriptions; ``init_record``
+    the warm start's path, sha256 and data, see :func:`warm_start`)."""
     training = state.as_dict() | {"seed": options.seed, "command": options.command}
     if options.pretrained_vae is not None:
         training["pretrained_vae"] = str(options.pretrained_vae)
+    if init_record is not None:
+        training["init"] = init_record
     return checkpoint_meta(
         family,
         config,
@@ -104,6 +111,26 @@ def sampler_meta(
         metrics=metrics,
         training=training,
     )
+
+
+def warm_start(family: SamplerFamily, model: torch.nn.Module, init: Path | str) -> dict[str, Any]:
+    """Load the weights of sampler checkpoint ``init`` (same family, same architecture) into ``model``.
+
+    Returns ``{"path", "sha256", "trained_on"}`` of ``init`` for the new checkpoint's metadata.
+    Raises one :class:`SamplerError` line naming the file when it does not load or does not fit.
+    """
+    from generative.family import architecture_mismatch, load_family_model
+
+    try:
+        source, meta = load_family_model(init, family)
+    except CheckpointError as exc:
+        raise SamplerError(f"--init {init}: {exc}") from exc
+    tensors = source.state_dict()
+    mismatch = architecture_mismatch(model.state_dict(), tensors)
+    if mismatch:
+        raise SamplerError(f"--init {init}: weights do not fit the run's config: {mismatch}")
+    model.load_state_dict(tensors)
+    return {"path": str(init), "sha256": meta.get("sha256"), "trained_on": meta.get("trained_on")}
 
 
 def _as_dataset(images: Any, what: str) -> Any:
@@ -168,7 +195,12 @@ def train_generative(
     val = _check_data(train_set, val_set, config, options.val_images)
 
     torch.manual_seed(options.seed)
-    model = family.build_model(config, options).to(device)
+    model = family.build_model(config, options)
+    init_record = None
+    if options.init is not None and not options.resume:
+        init_record = warm_start(family, model, options.init)
+        log(f"warm start from {options.init} (sha256 {str(init_record['sha256'])[:12]}…)")
+    model = model.to(device)
     decay = family.ema_decay(config)
     ema = EMA(model, decay) if decay is not None else None
     net: torch.nn.Module = model
@@ -190,6 +222,7 @@ def train_generative(
             raise SamplerError(f"--resume: {exc}") from exc
         _check_resume(resumed, config, train_set)
         state = resumed.state
+        init_record = resumed.meta.get("init")
         log(f"resumed from {resumed.path} at step {state.step}")
 
     workers = default_workers() if options.workers is None else int(options.workers)
@@ -244,7 +277,17 @@ def train_generative(
     def save(st: TrainState) -> None:
         if not dist.is_main:
             return
-        meta = sampler_meta(family, name, config, st, options, metrics, data=data, provenance=provenance)
+        meta = sampler_meta(
+            family,
+            name,
+            config,
+            st,
+            options,
+            metrics,
+            data=data,
+            provenance=provenance,
+            init_record=init_record,
+        )
         save_checkpoint(options.out, model_tensors(evaluated()), meta)
         save_resume(
             options.out,
@@ -253,7 +296,7 @@ def train_generative(
             optimizers=optimizers,
             state=st,
             seed=options.seed,
-            meta={"config": to_dict(config), "data": data, "trained_on": provenance},
+            meta={"config": to_dict(config), "data": data, "trained_on": provenance, "init": init_record},
         )
 
     def on_validate(st: TrainState, _stats: dict[str, float]) -> None:
