@@ -126,9 +126,13 @@ def amortized_train(
     ),
     steps: int = typer.Option(3000, "--steps", help="Optimiser steps."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, warm-up + cosine)."),
+    lr: float = typer.Option(5e-3, "--lr", help="Peak learning rate (AdamW, warm-up + cosine)."),
     width: int = typer.Option(32, "--width", help="Channels of the network (a multiple of 4)."),
-    rank_weight: float = typer.Option(1.0, "--rank-weight", help="Weight of the listwise ranking term."),
+    rank_weight: float = typer.Option(
+        0.0,
+        "--rank-weight",
+        help="Weight of the listwise ranking term (0: MSE only; see boed.amortized.train).",
+    ),
     val_every: int = typer.Option(
         250, "--val-every", help="Validate (and save the resume state) every N steps."
     ),

@@ -10,22 +10,28 @@ EIG estimate rather than a realised loss improvement (see ``boed.amortized.train
 
 Architecture (tensor shapes for the cpu preset, S = 64, p = 16, G = 17, width w = 32)::
 
-    cat([x * m, m])                         (B, 2, 64, 64)
+    cat([x * m, m, row, col])               (B, 4, 64, 64)   row, col: coordinates in [-1, 1]
     trunk: 4 3x3 convs, stride 2, 2, 1, 1  (B, w, 16, 16)    features F
     patch pooling  P[b, :, k] = sum_hw F[b, :, h, w] A[k, h, w]        (B, w, K)
         A[k] = the patch of candidate k averaged down to the 16 x 16 feature grid, rows summing
         to 1: each candidate reads exactly the features under its own scan
     + global context  mean_hw F, max_hw F   (B, 2w) broadcast to every candidate
     + unseen fraction of each patch (1 - m averaged under A[k])      (B, 1, K)
+    + a learned embedding of each candidate's position               (w, G, G)
     head on the G x G grid: 1x1 conv, 3x3 conv, 1x1 conv -> (B, 1, G, G) -> (B, K)
 
 Small on purpose: a decision must cost milliseconds on two CPU cores (about 10 M multiply-adds).
 
-The patch pooling ties the output to the candidates' geometry (any grid, any patch size: the
-candidate masks come from the checkpoint's config, ``boed.scanner.CandidateGrid``), so the head
-only has to judge what a scan there would add; the global features carry what the whole
-observation already says (a finding already seen makes every scan worth less). The 3x3 head
-convolution lets neighbouring candidates, whose patches overlap by 13/16, agree.
+Where a scan is matters as much as what the view shows (the anatomy of a radiograph, and of the
+phantoms, sits at fixed places): with nothing observed the input is constant, and only the
+coordinate channels (CoordConv: Liu et al., "An Intriguing Failing of Convolutional Neural
+Networks and the CoordConv Solution", NeurIPS 2018) and the position embedding let the network
+output the first decision's map at all. The patch pooling ties the output to the candidates'
+geometry (any grid, any patch size: the candidate masks come from the checkpoint's config,
+``boed.scanner.CandidateGrid``), so the head only has to judge what a scan there would add;
+the global features carry what the whole observation already says (a finding already seen makes
+every scan worth less). The 3x3 head convolution lets neighbouring candidates, whose patches
+overlap by 13/16, agree.
 
 About 35 k parameters at w = 32 (0.14 MB in float32).
 """
@@ -69,7 +75,7 @@ class EIGMapNet(nn.Module):
         self.config = config
         w = config.width
         self.trunk = nn.Sequential(
-            nn.Conv2d(2, w // 2, 3, stride=2, padding=1),  # (B, w/2, S/2, S/2)
+            nn.Conv2d(4, w // 2, 3, stride=2, padding=1),  # (B, w/2, S/2, S/2)
             nn.GELU(),
             nn.Conv2d(w // 2, w, 3, stride=2, padding=1),  # (B, w, S/4, S/4)
             nn.GroupNorm(4, w),
@@ -84,8 +90,13 @@ class EIGMapNet(nn.Module):
         area = F.adaptive_avg_pool2d(cand.masks, feat).flatten(1)  # (K, feat^2)
         self.register_buffer("pool", area / area.sum(1, keepdim=True), persistent=False)
         self.feature_size = feat
+        size = config.image_size
+        ramp = torch.linspace(-1.0, 1.0, size)
+        coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None]  # (1, 2, S, S)
+        self.register_buffer("coords", coords, persistent=False)
+        self.position = nn.Parameter(torch.zeros(1, w, config.grid, config.grid))
         self.head = nn.Sequential(
-            nn.Conv2d(3 * w + 1, w, 1),
+            nn.Conv2d(4 * w + 1, w, 1),
             nn.GELU(),
             nn.Conv2d(w, w, 3, padding=1),
             nn.GELU(),
@@ -99,7 +110,8 @@ class EIGMapNet(nn.Module):
     def forward(self, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``observed``, ``mask`` ``(B, 1, S, S)`` -> predicted EIG ``(B, K)`` (float32, nats)."""
         b, g = observed.shape[0], self.config.grid
-        features = self.trunk(torch.cat([observed * mask, mask], dim=1))  # (B, w, f, f)
+        coords = self.coords.expand(b, -1, -1, -1)
+        features = self.trunk(torch.cat([observed * mask, mask, coords], dim=1))  # (B, w, f, f)
         if features.shape[-1] != self.feature_size:  # odd sizes: trunk rounding
             features = F.adaptive_avg_pool2d(features, self.feature_size)
         flat = features.flatten(2)  # (B, w, f^2)
@@ -108,7 +120,8 @@ class EIGMapNet(nn.Module):
         context = torch.cat([flat.mean(2), flat.amax(2)], dim=1)  # (B, 2w)
         k = per_cand.shape[-1]
         x = torch.cat([per_cand, context[:, :, None].expand(-1, -1, k), unseen[:, None]], dim=1)
-        return self.head(x.reshape(b, -1, g, g)).reshape(b, k) * self.config.target_scale
+        x = torch.cat([x.reshape(b, -1, g, g), self.position.expand(b, -1, -1, -1)], dim=1)
+        return self.head(x).reshape(b, k) * self.config.target_scale
 
     def revealing(self, mask: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` bool: candidates whose patch holds a pixel not seen under ``mask`` ``(B, 1, S, S)``."""

@@ -62,14 +62,14 @@ class AmortizedTrainConfig:
 
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     min_lr_frac: float = 0.05
     grad_clip: float = 5.0
     skip_threshold: float = 1e3
     ema: float = 0.995
-    rank_weight: float = 1.0
+    rank_weight: float = 0.0
     val_every: int = 250
     val_images_every: int = 10
     width: int = 32
@@ -158,7 +158,7 @@ def train_amortized(
     from boed.runtime.checkpoints import CheckpointError, checkpoint_paths, save_checkpoint
     from boed.runtime.data import EpochBatches
     from boed.runtime.resume import load_resume, save_resume
-    from boed.runtime.schedule import warmup_cosine
+    from boed.runtime.schedule import ema_warmup, warmup_cosine
     from boed.runtime.training import EMA, Every, Phase, TrainState, train
 
     t_start = time.perf_counter()
@@ -191,7 +191,8 @@ def train_amortized(
     torch.manual_seed(config.seed)
     model = EIGMapNet(net_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = EMA(model, config.ema) if config.ema > 0 else None
+    # the EMA's warm-up: a short run's average does not hold on to the initial weights
+    ema = EMA(model, lambda s: ema_warmup(s, config.ema)) if config.ema > 0 else None
     modules = {"model": model} | ({"ema": ema.module} if ema is not None else {})
     state, best, best_metrics, history = TrainState(), None, {"val_loss": math.inf}, []
     if resume:
