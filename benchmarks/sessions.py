@@ -56,6 +56,27 @@ def compare(reference, other) -> dict:
     return {"same_locations": bool(same_locations), "max_abs_difference": max_diff}
 
 
+def run_once(dataset, sampler, classifier, *, images: int, scans: int, batch: int, joint: bool = False):
+    """One ``run_simulation`` into an in-memory store: ``(store, run_id, wall s, CPU s, sessions, load)``."""
+    import boed.simulate as sim
+    from boed.store import Store
+
+    config = sim.SimulationConfig(
+        images="phantoms",
+        n_images=images,
+        scans=scans,
+        batch_episodes=batch,
+        sampler_batching="joint" if joint else "per-episode",
+    )
+    store = Store.open("sqlite://")
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_id = sim.run_simulation(store, dataset, sampler, classifier, config)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = len(store.sessions(run_id))
+    return store, run_id, seconds, cpu, n, round((load + os.getloadavg()[0]) / 2, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=8)
@@ -67,8 +88,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import boed.simulate as sim
-    from boed.store import Store
     from classifiers import load_classifier
     from datasets import open_dataset
     from generative.registry import build_sampler
@@ -80,20 +99,9 @@ def main() -> None:
     rows, reference = [], None
 
     def one_run(b: int, joint: bool = False):
-        config = sim.SimulationConfig(
-            images="phantoms",
-            n_images=args.images,
-            scans=args.scans,
-            batch_episodes=b,
-            sampler_batching="joint" if joint else "per-episode",
+        return run_once(
+            dataset, sampler, classifier, images=args.images, scans=args.scans, batch=b, joint=joint
         )
-        store = Store.open("sqlite://")
-        load = os.getloadavg()[0]
-        t0, c0 = time.perf_counter(), time.process_time()
-        run_id = sim.run_simulation(store, dataset, sampler, classifier, config)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        n = len(store.sessions(run_id))
-        return store, run_id, seconds, cpu, n, round((load + os.getloadavg()[0]) / 2, 1)
 
     for b in batches:
         store, run_id, seconds, cpu, n, load = one_run(b)
