@@ -53,7 +53,7 @@ IMAGES = typer.Option(
     ImageSource.chestxray,
     "--images",
     help="Image source: chestxray (ChestX-ray14 with --data-root or $BOED_DATA_ROOT, else phantoms), "
-    "phantoms (= phantoms-v1), phantoms-v2 (harder), nih, dicom, folder.",
+    "phantoms (= phantoms-v2, graded difficulty), phantoms-v1 (the original, easy), nih, dicom, folder.",
 )
 DATA_ROOT = typer.Option(None, "--data-root", help="Folder of a file-based source [env: BOED_DATA_ROOT].")
 SIZE = typer.Option(64, "--size", min=16, help="Image side in pixels.")

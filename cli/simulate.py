@@ -156,7 +156,8 @@ def simulate(
     images: str = typer.Option(
         "chestxray",
         "--images",
-        help="chestxray (NIH with --data-root, else phantoms), phantoms, nih, dicom, folder.",
+        help="chestxray (NIH with --data-root, else phantoms), phantoms (= phantoms-v2), phantoms-v1, "
+        "nih, dicom, folder.",
     ),
     policy: str = typer.Option(
         "boed,random,oracle",

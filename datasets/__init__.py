@@ -13,10 +13,12 @@ Sources, all behind :func:`open_dataset`:
 - ``"chestxray"``: ChestX-ray14 when a data root is given (argument or ``BOED_DATA_ROOT``), else
   the phantoms.
 
-``"phantoms"`` is generator version v1 (the shipped checkpoints were trained on it); the versioned
-names :data:`PHANTOM_SOURCES` pick a version explicitly: ``"phantoms-v1"`` (the same images) and
-``"phantoms-v2"`` (graded difficulty, ChestX-ray14 prevalences and co-occurrence, optional label
-noise; see :mod:`datasets.phantoms`). They describe themselves as source ``"phantoms"`` with the
+``"phantoms"`` is generator version v2 (:data:`datasets.phantoms.DEFAULT_VERSION`: graded
+difficulty, ChestX-ray14 prevalences and co-occurrence, optional label noise; the shipped
+checkpoints are trained on it); the versioned names :data:`PHANTOM_SOURCES` pick a version
+explicitly: ``"phantoms-v2"`` (the same images) and ``"phantoms-v1"`` (the original, easy phantoms,
+bit-identical to what ``"phantoms"`` was before v2 became the default; see
+:mod:`datasets.phantoms`). They describe themselves as source ``"phantoms"`` with the
 version in ``describe()["version"]`` and in the fingerprint.
 
 Every dataset's ``describe()`` names its source, a fingerprint of the collection, the split and

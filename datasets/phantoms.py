@@ -12,12 +12,15 @@ seed is the same whatever ``n`` is, and the same patient (up to pixel noise) at 
 Two generator versions (:data:`VERSIONS`), chosen with ``version=`` and recorded in
 ``describe()`` and the fingerprint:
 
-- ``"v1"`` (the default, ``--images phantoms`` / ``phantoms-v1``): the original phantoms, kept
-  bit-identical. An easy task: findings are nearly saturated, heart and abdomen saturate, ribs
+- ``"v1"`` (``--images phantoms-v1``): the original phantoms, kept bit-identical (the version of
+  the shipped checkpoints before they were retrained on v2; pass ``version="v1"`` to reproduce
+  those runs). An easy task: findings are nearly saturated, heart and abdomen saturate, ribs
   are regular, findings are independent with flat weights (:data:`FINDING_WEIGHTS`), labels exact.
-- ``"v2"`` (``--images phantoms-v2``): graded difficulty. Each finding's density change is v1's
-  times a severity drawn per image (:data:`~datasets.phantom_findings.V2_CONTRAST`); 30% of the
-  lung-parenchyma findings lie behind the heart or in the posterior recess below the diaphragm
+- ``"v2"`` (:data:`DEFAULT_VERSION`: ``--images chestxray`` without a data root, ``phantoms``,
+  ``phantoms-v2``, and every function here unless ``version`` is given): graded difficulty. Each
+  finding's density change is v1's times a severity drawn per image
+  (:data:`~datasets.phantom_findings.V2_CONTRAST`); 30% of the lung-parenchyma findings lie
+  behind the heart or in the posterior recess below the diaphragm
   (their box is that of the whole, hidden finding); nodules and masses overlap ribs as anywhere;
   wider anatomy (habitus, lung and heart size, rotation up to 8 degrees, irregular ribs, bone
   density), varied exposure with a white point above the densest tissue (no saturation), fog,
@@ -54,6 +57,7 @@ from datasets.phantom_findings import (
 
 __all__ = [
     "FINDING_WEIGHTS",
+    "DEFAULT_VERSION",
     "VERSIONS",
     "Finding",
     "finding_contrast",
@@ -67,6 +71,9 @@ BLOCK = 64  # images per seeded block
 
 VERSIONS = {"v1": "datasets.phantoms v1", "v2": "datasets.phantoms v2"}
 """Generator versions: name -> the ``generator`` string of ``describe()`` (part of the fingerprint)."""
+DEFAULT_VERSION = "v2"
+"""The version of ``--images phantoms`` / ``chestxray`` (no data root) and of every function here
+unless ``version`` is given; the shipped checkpoints are trained on it. v1 stays reachable by name."""
 DEFAULT_PREVALENCE = {"v1": 0.5, "v2": NIH_ANY}
 """P(Any) when none is given: v1's 0.5; v2: ChestX-ray14's 51,759 / 112,120."""
 _SALT = {"v1": 0x70A7, "v2": 0x70A8}  # block seeds: v2 images share no random stream with v1's
@@ -103,7 +110,7 @@ def generate_phantoms(
     seed: int = 0,
     prevalence: float | None = None,
     *,
-    version: str = "v1",
+    version: str = DEFAULT_VERSION,
     label_noise: float = 0.0,
 ) -> PhantomBatch:
     """Generate ``n`` chest radiograph phantoms of ``size`` x ``size`` pixels.
@@ -151,7 +158,7 @@ def phantom_block(
     prevalence: float,
     m: int = BLOCK,
     *,
-    version: str = "v1",
+    version: str = DEFAULT_VERSION,
     label_noise: float = 0.0,
 ) -> PhantomBatch:
     """The first ``m`` images of block ``block`` (images ``block * BLOCK ...``) of a seed."""
@@ -179,7 +186,7 @@ def _block_params(block: int, size: int, seed: int, prevalence: float, version: 
 
 
 def finding_contrast(
-    n: int = 256, size: int = 64, seed: int = 0, version: str = "v1", prevalence: float = 1.0
+    n: int = 256, size: int = 64, seed: int = 0, version: str = DEFAULT_VERSION, prevalence: float = 1.0
 ) -> dict[str, dict[str, float]]:
     """How visible each finding is: each image rendered with and without its findings (same
     patient, exposure and noise), per finding the mean absolute intensity change inside its box.
@@ -245,7 +252,7 @@ class PhantomDataset(ImageDataset):
     the same at any noise level.
     """
 
-    GENERATOR = VERSIONS["v1"]  # the default version's (kept for code that reads the class)
+    GENERATOR = VERSIONS[DEFAULT_VERSION]  # the default version's (kept for code that reads the class)
 
     DEFAULT_N = {"train": 2000, "val": 500, "test": 500, "all": 3000}
 
@@ -258,7 +265,7 @@ class PhantomDataset(ImageDataset):
         prevalence: float | None = None,
         cache_blocks: int = 4,
         *,
-        version: str = "v1",
+        version: str = DEFAULT_VERSION,
         label_noise: float = 0.0,
     ):
         self.split = check_split(split)

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from datasets.labels import FINDINGS, LABELS
-from datasets.phantoms import BLOCK, FINDING_WEIGHTS, Finding, PhantomBatch, _Phantoms, generate_phantoms
+from datasets.phantoms import BLOCK, FINDING_WEIGHTS, Finding, PhantomBatch, _Phantoms
+from datasets.phantoms import generate_phantoms as _generate
+
+
+def generate_phantoms(*args, **kwargs) -> PhantomBatch:
+    """These are v1's tests (v1 is no longer the default version: v2 is, tested in test_phantoms_v2)."""
+    return _generate(*args, version="v1", **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -48,18 +48,34 @@ V1_FINGERPRINT_SEED1 = "257b84d8c04edd8326b676a04a691d9e71a56dabcbb896f11316564d
 
 
 def test_v1_unchanged(one_thread):
-    for kwargs in ({}, {"version": "v1"}):
+    for kwargs in ({"version": "v1"},):
         b = generate_phantoms(8, size=32, seed=3, **kwargs)
         assert _sha(b.images) == V1_IMAGES_32
         assert _sha(b.labels) == V1_LABELS_32
         assert hashlib.sha256(repr(b.findings).encode()).hexdigest() == V1_FINDINGS_32
     for ds in (
-        PhantomDataset("test", size=32, n=70, seed=1),
+        PhantomDataset("test", size=32, n=70, seed=1, version="v1"),
         open_dataset("phantoms-v1", split="test", size=32, n=70, seed=1),
     ):
         assert _sha(ds.tensors()[0]) == V1_TEST_SPLIT
         assert ds.describe()["fingerprint"] == V1_FINGERPRINT_SEED1
         assert ds.describe()["version"] == "v1" and ds.prevalence == 0.5
+
+
+def test_v2_is_the_default_everywhere(one_thread):
+    """v2 is the default task: the functions, the dataset, ``phantoms`` and ``chestxray`` (no root)."""
+    from datasets.phantoms import DEFAULT_VERSION
+
+    assert DEFAULT_VERSION == "v2" and PhantomDataset.GENERATOR == VERSIONS["v2"]
+    ref = generate_phantoms(5, 16, seed=3, version="v2")
+    assert torch.equal(generate_phantoms(5, 16, seed=3).images, ref.images)
+    assert torch.equal(generate_phantoms(5, 16, seed=3).labels, ref.labels)
+    explicit = open_dataset("phantoms-v2", split="test", size=16, n=4, seed=1)
+    for name in ("phantoms", "chestxray"):
+        ds = open_dataset(name, split="test", size=16, n=4, seed=1)
+        assert ds.describe() == explicit.describe() and ds.describe()["version"] == "v2"
+        assert torch.equal(ds.tensors()[0], explicit.tensors()[0])
+    assert PhantomDataset("val", size=16, n=2).describe()["generator"] == "datasets.phantoms v2"
 
 
 def test_v2_deterministic_prefix_stable_and_not_v1(one_thread):
@@ -68,7 +84,7 @@ def test_v2_deterministic_prefix_stable_and_not_v1(one_thread):
     assert torch.equal(a.images[:4], b.images) and torch.equal(a.labels[:4], b.labels)
     assert a.findings[:4] == b.findings
     assert not torch.equal(b.images, generate_phantoms(4, 32, seed=6, version="v2").images)
-    assert not torch.equal(b.images, generate_phantoms(4, 32, seed=5).images)
+    assert not torch.equal(b.images, generate_phantoms(4, 32, seed=5, version="v1").images)
     assert 0 <= a.images.min() and a.images.max() <= 1
 
 
@@ -162,17 +178,17 @@ def test_v2_is_harder_to_see_and_never_saturates(one_thread):
 
 def test_version_in_describe_fingerprint_and_open_dataset():
     assert set(PHANTOM_SOURCES) == {"phantoms-v1", "phantoms-v2"}
-    v1 = open_dataset("phantoms", split="test", size=16, n=3, seed=2).describe()
+    v1 = open_dataset("phantoms-v1", split="test", size=16, n=3, seed=2).describe()
     v2 = open_dataset("phantoms-v2", split="test", size=16, n=3, seed=2).describe()
     assert v1["generator"] == VERSIONS["v1"] and v2["generator"] == VERSIONS["v2"] == "datasets.phantoms v2"
     assert v2["version"] == "v2" and v2["source"] == "phantoms"
     assert v2["prevalence"] == pytest.approx(NIH_ANY)
     assert v1["fingerprint"] != v2["fingerprint"]
     # a v1-trained checkpoint's record does not claim v2 test images as its own
-    trained = {"train": open_dataset("phantoms", split="test", size=16, n=3, seed=2).describe()}
+    trained = {"train": open_dataset("phantoms-v1", split="test", size=16, n=3, seed=2).describe()}
     assert training_overlap(trained, v1) is not None and training_overlap(trained, v2) is None
     # v2 streams are disjoint from v1's: different images for the same seed and split
-    a = PhantomDataset("train", size=16, n=2, seed=0).tensors()[0]
+    a = PhantomDataset("train", size=16, n=2, seed=0, version="v1").tensors()[0]
     b = PhantomDataset("train", size=16, n=2, seed=0, version="v2").tensors()[0]
     assert not torch.equal(a, b)
     with pytest.raises(DatasetError, match="unknown phantom version 'v3'"):
