@@ -105,6 +105,12 @@ def evaluate_samplers_command(
     boed_samplers: str | None = typer.Option(
         None, "--boed-samplers", help="Samplers simulated (default: every evaluated one)."
     ),
+    parts: str = typer.Option(
+        "quality,boed",
+        "--parts",
+        help="quality (the metrics), boed (the simulations) or both; a `boed` invocation beside a "
+        "`quality` one on the same --out runs them in parallel, a last one with both merges.",
+    ),
     scans: int = typer.Option(5, "--scans", help="Scans per simulated session."),
     reference: str = typer.Option("aipo", "--reference", help="Sampler the others are paired against."),
     classifier: Path | None = typer.Option(
@@ -159,6 +165,9 @@ def evaluate_samplers_command(
                 raise fail(f"{name} must be at least 1, got {value}")
         if boed_images < 0:
             raise fail(f"--boed-images must be >= 0, got {boed_images}")
+        wanted = {p.strip() for p in parts.split(",") if p.strip()}
+        if not wanted or wanted - {"quality", "boed"}:
+            raise fail(f"--parts: give quality, boed or both, got {parts!r}")
         settings = (
             *engine.SQUARE_SETTINGS,
             *dict.fromkeys(
@@ -216,7 +225,7 @@ def evaluate_samplers_command(
             transient=True,
         ) as bar:
             task = bar.add_task("samplers", total=total)
-            for name in names:
+            for name in names if "quality" in wanted else []:
                 bar.update(task, description=f"{name}: loading")
                 smp = build(name)
                 fp = config.fingerprint(
@@ -273,7 +282,7 @@ def evaluate_samplers_command(
         table = pd.DataFrame(rows)
         settings_table = pd.DataFrame(per_setting)
         boed_summary = paired = None
-        if boed_images > 0 and simulated:
+        if boed_images > 0 and simulated and "boed" in wanted:
             from boed.config import get_preset
             from boed.simulate import SimulationConfig
             from boed.store import Store
@@ -331,9 +340,13 @@ def evaluate_samplers_command(
                     progress=lambda name, p: bar.update(task, description=f"simulate {name}", advance=1),
                 )
             boed_summary, paired = usefulness.tables(store, runs, label, scans, reference)
-            table = report.boed_columns(table, boed_summary, paired, scans)
             boed_summary.to_csv(out / "boed_summary.csv", index=False)
             paired.to_csv(out / "boed_paired.csv", index=False)
+        if "quality" not in wanted:
+            console.print(f"simulations in {out / 'boed.db'} ({time.perf_counter() - t_start:.0f} s wall)")
+            return
+        if boed_summary is not None:
+            table = report.boed_columns(table, boed_summary, paired, scans)
         table.to_csv(out / "table.csv", index=False)
         settings_table.to_csv(out / "settings.csv", index=False)
         md = report.markdown_table(table, scans, reference)
