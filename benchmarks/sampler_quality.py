@@ -10,7 +10,10 @@ best-of-n (:mod:`generative.metrics`), the mean pairwise
 L1 distance between the completions of one input (:func:`generative.evaluation.pairwise_distance`),
 the mean of every per-draw diagnostic the sampler reports in ``Completions.info`` (e.g. the
 log-likelihood of autoregressive samplers, the effective sample size of weighted ones), and the
-median seconds for 10 completions of one image. Same images, masks and seeds for every sampler, so
+median seconds for 10 completions of one image with the peak memory of a call
+(:func:`boed.evaluation.engine.measure_cost`, shared with ``boed evaluate-samplers``, which
+compares every sampler at once with realism, calibration and BOED usefulness beside these
+figures). Same images, masks and seeds for every sampler, so
 tables of different samplers compare. ``--grid`` writes the Fig. 8-style grid of two test images.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -59,13 +61,11 @@ def evaluate_quality(sampler, images, mask_names, *, n_samples: int, seed: int, 
         row |= {f"info_{k}": float(torch.cat(v).mean()) for k, v in info.items()}
         row["seconds"] = time.perf_counter() - t0
         out[name] = row
-    x, m = images[:1], MASKS[mask_names[0]](1, size, generator=torch.Generator().manual_seed(seed))
-    times = []
-    for r in range(3):
-        t0 = time.perf_counter()
-        sampler.sample(x * m, m, 10, generator=torch.Generator().manual_seed(r))
-        times.append(time.perf_counter() - t0)
-    return {"masks": out, "seconds_per_10": statistics.median(times)}
+    from boed.evaluation.engine import measure_cost  # the one cost measurement (boed evaluate-samplers)
+
+    m = MASKS[mask_names[0]](1, size, generator=torch.Generator().manual_seed(seed))
+    cost = measure_cost(sampler, images[:1], m, n=10, repeats=3)
+    return {"masks": out, "seconds_per_10": cost["seconds_per_10"], "peak_mib": cost["peak_mib"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
