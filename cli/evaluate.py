@@ -131,7 +131,11 @@ def evaluate_samplers_command(
     allow_training_images: bool = ALLOW_TRAINING_IMAGES_OPTION,
 ) -> None:
     """Compare samplers on the same held-out images and masks: fidelity, diversity, realism, calibration,
-    likelihood, cost and usefulness for BOED; tables, curves, grids and an offline index.html."""
+    likelihood, cost and usefulness for BOED; tables, curves, grids and an offline index.html.
+
+    Under torchrun each rank evaluates its share of every sampler's chunks into the --out cache
+    (a folder every rank sees); rank 0 merges them and writes the tables, the BOED simulation and
+    the page (docs/scaling.md)."""
     with user_errors():
         t_start = time.perf_counter()
         import pandas as pd
@@ -179,6 +183,7 @@ def evaluate_samplers_command(
         out.mkdir(parents=True, exist_ok=True)
         _set_threads(threads)
         dev = _device(device)
+        ranks, dev = _join_ranks(dev)  # under torchrun: this rank's share of the chunks
         clf = load_classifier(classifier, preset=preset, device=dev)
         tgt = resolve_target(target, list(clf.labels))
         if len(tgt.labels) != 1:
@@ -215,7 +220,8 @@ def evaluate_samplers_command(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         plan = {n: engine.chunks(min(caps.get(n, len(x)), len(x)), chunk_size) for n in names}
-        total = sum(len(v) for v in plan.values())
+        mine = {n: ranks.shard(chunks) for n, chunks in plan.items()}  # all of them on one process
+        total = sum(len(v) for v in mine.values())
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -223,11 +229,12 @@ def evaluate_samplers_command(
             TimeElapsedColumn(),
             console=err_console,
             transient=True,
+            disable=not ranks.is_main,
         ) as bar:
             task = bar.add_task("samplers", total=total)
             for name in names if "quality" in wanted else []:
                 bar.update(task, description=f"{name}: loading")
-                smp = build(name)
+                smp = _rank0_first(ranks, lambda n=name: build(n), "load the sampler")  # artifacts once
                 fp = config.fingerprint(
                     sampler_sha256=getattr(smp, "sha256", None),
                     classifier_sha256=clf.sha256,
@@ -235,18 +242,27 @@ def evaluate_samplers_command(
                     n_images=len(x),
                     cap=caps.get(name),
                 )
-                cache = engine.ChunkCache(out / "cache", name, fp)
-                bar.update(task, description=f"{name}: chunks")
-                arrays = engine.evaluate_sampler(
-                    smp,
-                    clf,
-                    x,
-                    config,
-                    scorers,
-                    cache,
-                    indices=plan[name],
-                    on_chunk=lambda a, b, cached: bar.advance(task),
+                cache = _rank0_first(
+                    ranks, lambda n=name, f=fp: engine.ChunkCache(out / "cache", n, f), "open the cache"
                 )
+                bar.update(task, description=f"{name}: chunks")
+                if mine[name] or not ranks.enabled:  # a rank with no chunk (an empty list means all)
+                    arrays = engine.evaluate_sampler(
+                        smp,
+                        clf,
+                        x,
+                        config,
+                        scorers,
+                        cache,
+                        indices=mine[name],
+                        on_chunk=lambda a, b, cached: bar.advance(task),
+                    )
+                if ranks.enabled:  # every rank's chunks are in the cache; rank 0 merges them all
+                    ranks.barrier()
+                    if not ranks.is_main:
+                        del smp
+                        continue
+                    arrays = engine.evaluate_sampler(smp, clf, x, config, scorers, cache, indices=plan[name])
                 cost = cache.read_json("cost.json")
                 if cost is None:
                     m = engine.setting_masks("squares-2", 1, x.shape[-1], torch.Generator().manual_seed(seed))
@@ -273,6 +289,9 @@ def evaluate_samplers_command(
                 results.append(engine.SamplerResult(name, arrays, cost, notes, specs[name].deterministic))
                 del smp
 
+        if not ranks.is_main:
+            err_console.print(f"rank {ranks.rank}: its chunks are in {out / 'cache'}", style="dim")
+            return
         rows = [summary.headline(r, settings, list(clf.labels).index(label), scorers, seed) for r in results]
         per_setting = [
             row
@@ -384,6 +403,25 @@ def evaluate_samplers_command(
         (out / "run.json").write_text(json.dumps(meta | {"wall_seconds": wall}, indent=1))
         console.print(md, highlight=False, soft_wrap=True)
         console.print(f"wrote {page} ({wall:.0f} s wall)", highlight=False)
+
+
+def _rank0_first(ranks: Any, fn: Any, what: str) -> Any:
+    """``fn()`` on rank 0, then on the other ranks (so a file or folder it makes is made once)."""
+    made: list[Any] = []
+    ranks.on_main(lambda: made.append(fn()), what)
+    return made[0] if made else fn()
+
+
+def _join_ranks(dev: str):
+    """``(ranks, device)`` of this process (:func:`boed.runtime.distributed.init_group`; under
+    torchrun joined now and left at exit, ``cuda`` becoming ``cuda:LOCAL_RANK``)."""
+    import atexit
+
+    from boed.runtime.distributed import init_group, rank_device
+
+    ranks = init_group(dev)
+    atexit.register(ranks.close)
+    return ranks, rank_device(dev, ranks)
 
 
 def register(app: typer.Typer) -> None:

@@ -78,7 +78,11 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     _check_pair(real, fake, 2)
-    metric = FrechetInceptionDistance(feature=CachedFeatures(real.shape[1]), reset_real_features=True)
+    # sync_on_compute=False: the features are already all of them (under torchrun, rank 0 merged every
+    # rank's chunks); torchmetrics would otherwise gather across the process group and wait for ranks
+    metric = FrechetInceptionDistance(
+        feature=CachedFeatures(real.shape[1]), reset_real_features=True, sync_on_compute=False
+    )
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute().clamp_min(0.0))
@@ -100,7 +104,11 @@ def kernel_distance(
     with warnings.catch_warnings():  # "will save all extracted features": they are already in memory
         warnings.simplefilter("ignore", UserWarning)
         metric = KernelInceptionDistance(
-            feature=CachedFeatures(real.shape[1]), subsets=subsets, subset_size=size, reset_real_features=True
+            feature=CachedFeatures(real.shape[1]),
+            subsets=subsets,
+            subset_size=size,
+            reset_real_features=True,
+            sync_on_compute=False,  # as for the FID
         )
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
