@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -34,13 +33,19 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else a no-op."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else a no-op.
+
+    torchrun's variables are read and checked by :func:`boed.runtime.distributed.launch_env` (an
+    inconsistent environment is one ``DistributedError`` line naming the variable).
+    """
+    from boed.runtime.distributed import launch_env
+
+    launch = launch_env()
+    if launch.world_size <= 1:
         return DistInfo()
     import torch.distributed as dist
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = launch.local_rank
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
