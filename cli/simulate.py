@@ -150,6 +150,11 @@ def _print_results(summary, title: str, store, run_id: str) -> None:
     paired = load_paired(store, run_id)
     if not paired.empty:
         console.print(_paired_table(paired))
+    from boed.report.build import first_decision, first_decision_line
+
+    line = first_decision_line(first_decision(store, run_id))
+    if line:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def simulate(

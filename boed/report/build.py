@@ -163,6 +163,43 @@ def decision_diagnostics(store: Any, run_id: str) -> pd.DataFrame:
     return table.rename(columns={"step": "scans"})
 
 
+def first_decision(store: Any, run_id: str) -> dict[str, Any] | None:
+    """The run's shared first decision, read from step 1 of its ``boed`` sessions: ``location``
+    ``(row, col)``, ``eig`` and its Monte Carlo standard error ``eig_se`` (nats), ``completions``
+    (``first_completions`` of the run's config, else ``n_samples``), ``sessions`` it was used by;
+    None without boed sessions. With the shared first decision every session's step 1 is equal."""
+    steps = store.steps(run_id)
+    if "eig_se" not in steps.columns:
+        return None
+    first = steps[(steps["policy"] == "boed") & (steps["step"] == 1) & steps["eig"].notna()]
+    if first.empty:
+        return None
+    config = store.get_run(run_id).config or {}
+    row = first.iloc[0]
+    shared = bool(config.get("share_prior_decision", True))
+    n = int(config.get("n_samples", 10))
+    return {
+        "location": (int(row["row"]), int(row["col"])),
+        "eig": float(row["eig"]),
+        "eig_se": float(row["eig_se"]),
+        "completions": int(config.get("first_completions") or n) if shared else n,
+        "sessions": int(len(first)),
+        "shared": shared,
+    }
+
+
+def first_decision_line(decision: dict[str, Any] | None) -> str:
+    """One line on the first BOED decision, or "" without one."""
+    if decision is None:
+        return ""
+    shared = "shared by" if decision["shared"] else "of the first of"
+    return (
+        f"first BOED decision ({shared} {decision['sessions']} sessions, N = {decision['completions']} "
+        f"completions): scan at {decision['location']}, EIG {decision['eig']:.4f} ± {decision['eig_se']:.4f} "
+        "nats (Monte Carlo s.e.)"
+    )
+
+
 def diagnostics_html(table: pd.DataFrame) -> str:
     """The decision diagnostics table, with a warning when the sampler and classifier disagree."""
     if table.empty:
@@ -377,6 +414,7 @@ def build_report(
         "<h2>Paired comparison</h2>",
         paired_html(paired),
         "<h2>Decision diagnostics</h2>",
+        f"<p>{html.escape(first_decision_line(first_decision(store, run_id)))}</p>",
         diagnostics_html(diagnostics),
         "<h2>Sessions</h2>" + counts.to_html(border=0),
     ]

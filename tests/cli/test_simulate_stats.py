@@ -58,6 +58,9 @@ def test_hit_rate_and_fraction_observed_reach_table_csvs_and_report(located, tmp
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "hit rate" in result.stdout and "fraction observed" in result.stdout
     assert "no overlap k·p²/S²" in result.stdout and "Δ hit rate" in result.stdout
+    # the shared first decision and its Monte Carlo standard error
+    assert "first BOED decision (shared by 6 sessions, N = 12 completions)" in result.stdout
+    assert " ± " in result.stdout.split("first BOED decision")[1]
     summary = pd.read_csv(tmp_path / "r" / "summary.csv")
     for column in ("hit_rate", "hit_rate_lo", "hit_rate_hi", "hit_n", "observed", "observed_disjoint"):
         assert column in summary
@@ -71,6 +74,7 @@ def test_hit_rate_and_fraction_observed_reach_table_csvs_and_report(located, tmp
     assert {"hit_rate", "hit_rate_lo", "hit_mcnemar_p", "observed"} <= set(paired.columns)
     html = (tmp_path / "r" / "index.html").read_text()
     assert "Hit rate" in html and "Fraction of the image observed" in html and "coverage.png" in html
+    assert "first BOED decision (shared by 6 sessions, N = 12 completions)" in html
     assert (tmp_path / "r" / "coverage.png").stat().st_size > 1000
 
     # the store alone: the boxes are kept per session and the report is rebuilt from them
