@@ -279,7 +279,16 @@ def _float(value: Any) -> float:
 
 
 def _batch_len(batch: Any) -> int:
-    """Images in a batch: the leading size of its first tensor (dict, tuple or tensor batches)."""
-    first = next(iter(batch.values())) if isinstance(batch, dict) else batch
-    first = first[0] if isinstance(first, (tuple, list)) else first
+    """Images in a batch: the leading size of its first tensor (dict, tuple or tensor batches).
+
+    A dict batch from ``image_loader`` starts with its list of ids, so the count is taken from the
+    first tensor, not from the first value."""
+    if isinstance(batch, dict):
+        values = list(batch.values())
+    else:
+        values = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.dim() else 1
+    first = values[0] if values else batch
     return len(first) if hasattr(first, "__len__") else 1

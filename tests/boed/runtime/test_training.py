@@ -201,3 +201,12 @@ def test_phase_when_runs_a_phase_only_on_its_steps():
     assert [s for n, s in ran if n == "d"] == [0, 1, 2, 3, 4, 5]
     assert [s for n, s in ran if n == "g"] == [2, 5]
     assert state.step == 6 and torch.allclose(generator.weight, g_before - 2 * 0.1)
+
+
+def test_batch_len_counts_images_not_the_characters_of_an_id():
+    from boed.runtime.training import _batch_len
+
+    images = torch.zeros(3, 1, 8, 8)
+    assert _batch_len({"idx": ["image-0001", "b", "c"], "image": images}) == 3
+    assert _batch_len((images, torch.zeros(3, 2))) == 3
+    assert _batch_len(images) == 3
