@@ -184,9 +184,10 @@ def decision_paper(args, device) -> dict:
     classifier, sampler, notes = load_parts("paper")
     if device.type == "cuda":
         from classifiers.partial import PartialClassifier
+        from generative.aipo import AIPOSampler
 
-        classifier = PartialClassifier(classifier.model, device=device)
-        sampler.model.to(device)
+        classifier = PartialClassifier(classifier.model, temperature=classifier.temperature, device=device)
+        sampler = AIPOSampler(sampler.model.to(device), name=sampler.name)
     size, n = pre.image_size, pre.n_samples
     grid = CandidateGrid.from_grid(size, pre.patch_size, pre.grid)
     g = torch.Generator().manual_seed(0)

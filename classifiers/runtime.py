@@ -57,6 +57,8 @@ class RuntimeClassifier:
         self.precision = precision
 
     def __getattr__(self, name: str):
+        if name == "base":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     def __repr__(self) -> str:
