@@ -27,10 +27,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,75 +350,66 @@ def evaluate_sampler(
 
 
 # -- cost --------------------------------------------------------------------------------------------
-def _fixed_mmap_threshold() -> None:
-    """Make glibc return freed blocks over 128 KiB to the OS at once (``mallopt(M_MMAP_THRESHOLD)``).
-
-    By default the threshold grows after the first large frees, later tensors then reuse heap
-    pages and a call's peak no longer shows in the resident size (measured: 0.1 MiB for AIPO
-    after a chunk, 37-59 MiB in a fresh process; with the fixed threshold 37 MiB in both).
-    Nothing on platforms without glibc."""
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop lines) for the duration."""
     try:
-        import ctypes
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD = -3
-    except (OSError, AttributeError):
-        pass
 
+def peak_tensor_memory(fn: Callable[[], Any]) -> float:
+    """Peak live CPU tensor memory (MiB) while ``fn()`` runs, at operator granularity.
 
-class _PeakRSS:
-    """Peak resident memory above the start, sampled every 5 ms from /proc/self/statm (Linux)."""
+    ``torch.profiler`` with ``profile_memory=True`` records each operator's own allocations
+    minus frees; their running sum in time order is the live memory and its maximum the peak.
+    Used instead of the process's resident size, which glibc's reuse of freed heap pages hides
+    after earlier work (measured: 0.1 MiB for AIPO after a chunk against 37 MiB here, in a fresh
+    process as after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self):
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _rss() -> float:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return math.nan
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = top = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        top = max(top, live)
+    return top / 2**20
 
 
 def measure_cost(
     sampler: Any, image: torch.Tensor, mask: torch.Tensor, *, n: int = 10, repeats: int = 3
 ) -> dict[str, float]:
     """Median seconds for ``n`` completions of one image ``(1, 1, S, S)`` over ``repeats`` runs and
-    the peak memory of one call: CUDA peak allocation on a GPU, else the peak RSS increase."""
-    _fixed_mmap_threshold()
+    the peak memory of one call: the CUDA peak allocation on a GPU, else the peak live CPU tensor
+    memory of one more (profiled, untimed) call, :func:`peak_tensor_memory`."""
     device = getattr(sampler, "device", None)
     cuda = torch.cuda.is_available() and str(device or "cpu").startswith("cuda")
-    times, peak = [], math.nan
+    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     for r in range(repeats):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        with _PeakRSS() as rss:
-            sampler.sample(image * mask, mask, n, generator=torch.Generator().manual_seed(r))
+        sampler.sample(image * mask, mask, n, generator=torch.Generator().manual_seed(r))
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.mib
-        peak = memory if math.isnan(peak) else max(peak, memory)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = peak_tensor_memory(
+            lambda: sampler.sample(image * mask, mask, n, generator=torch.Generator().manual_seed(0))
+        )
     times.sort()
     return {"seconds_per_10": times[len(times) // 2] * 10 / n, "peak_mib": peak, "repeats": repeats}
 

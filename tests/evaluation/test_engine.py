@@ -149,3 +149,13 @@ def test_masks_are_shared_across_samplers_and_unknown_settings_refused():
 def test_cost_is_measured():
     cost = engine.measure_cost(PosteriorSampler(), world(1), torch.ones(1, 1, SIZE, SIZE), n=10, repeats=3)
     assert cost["seconds_per_10"] > 0 and cost["repeats"] == 3
+
+
+def test_peak_tensor_memory_sees_a_known_allocation():
+    def work():
+        a = torch.ones(1024, 1024, 2)  # 8 MiB of float32, alive together with b
+        b = a * 2
+        return float(b.sum())
+
+    assert engine.peak_tensor_memory(work) >= 15.9
+    assert engine.peak_tensor_memory(lambda: None) == 0
