@@ -336,6 +336,13 @@ def check_parts(
     )
 
 
+def _policy(config: SimulationConfig, name: str) -> Any:
+    """The policy ``name`` of a run (``amortized``: with the run's checkpoint, where it names one)."""
+    if name == "amortized" and config.amortized_checkpoint is not None:
+        return get_policy(name, amortized_checkpoint=config.amortized_checkpoint)
+    return get_policy(name)
+
+
 def amortized_warnings(
     config: SimulationConfig, classifier: Classifier, sampler: Sampler | None
 ) -> list[str]:
@@ -770,7 +777,7 @@ def _one_session(context: _RunContext, index: int, image_id: str, item: dict[str
                 image,
                 labels=item["lab"].float().reshape(-1),
                 classifier=classifier,
-                policy=get_policy(policy, amortized_checkpoint=config.amortized_checkpoint),
+                policy=_policy(config, policy),
                 candidates=candidates,
                 scans=config.scans,
                 sampler=sampler,
@@ -808,7 +815,7 @@ def _batch_sessions(
 
     config, classifier, device = context.config, context.classifier, context.device
     size = config.image_size
-    chosen = get_policy(policy, amortized_checkpoint=config.amortized_checkpoint)
+    chosen = _policy(config, policy)
     records: list[list[Any]] = [[] for _ in group]
     arrays: list[list[tuple[int, str, np.ndarray]]] = [[] for _ in group]
     try:

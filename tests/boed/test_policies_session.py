@@ -386,7 +386,8 @@ def test_only_the_oracles_receive_the_truth(world, monkeypatch):
         ds,
         PosteriorSampler(world),
         BayesClassifier(world),
-        _config(n_images=2, policies=tuple(POLICIES)),
+        # amortized needs a network trained for this grid: tests/boed/test_amortized.py runs it
+        _config(n_images=2, policies=tuple(p for p in POLICIES if p != "amortized")),
     )
     assert all(s["status"] == "done" for s in store.sessions.values())
     for name, spy in spies.items():
