@@ -223,7 +223,13 @@ def main() -> None:
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     result = analyse(store, run_id, args.scans)
+    run = store.get_run(run_id)
+    ran = run.config or {}  # what the run used (not this call's arguments, under --analyse-only)
+    for key in ("n_samples", "grid", "first_completions", "batch_episodes"):
+        setattr(args, key, ran.get(key, getattr(args, key)))
     result |= {
+        "run_status": run.status,
+        "images_in_run": int(ran.get("n_images", args.images)),
         "run_id": run_id,
         "images_requested": args.images,
         "images_source": args.images_source,
