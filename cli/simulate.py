@@ -168,7 +168,8 @@ def simulate(
         "boed,random,oracle",
         "--policy",
         help="Comma-separated: boed, random, raster, oracle (greedy with the truth: an upper bound), "
-        "oracle-entropy, random-disjoint (random scans that do not overlap), boed-lcb (max of EIG - SE).",
+        "oracle-entropy, random-disjoint (random scans that do not overlap), boed-lcb (max of EIG - SE), "
+        "amortized (a network's predicted EIG map; --amortized-checkpoint).",
     ),
     scans: int = typer.Option(5, "--scans", help="Scans per session."),
     n_images: int = typer.Option(DEFAULT_N_IMAGES, "--n-images", help="Test images to simulate."),
