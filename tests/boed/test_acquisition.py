@@ -200,6 +200,8 @@ def test_policies_choose_over_the_batch_as_they_choose_one_by_one(world, grid):
         )  # fmt: skip
 
     for name in POLICIES:
+        if name == "amortized":  # needs a network for this grid: tests/boed/test_amortized.py
+            continue
         policy = get_policy(name)
         together = choose_batch(policy, batch(1)).tolist()
         state = batch(1)

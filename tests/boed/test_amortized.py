@@ -232,6 +232,30 @@ def test_policy_scans_only_new_ground_and_stops_on_its_prediction(checkpoint, wo
     )
 
 
+def test_policy_chooses_over_a_batch_as_it_chooses_one_by_one(checkpoint, world, parts):
+    """The amortized half of tests/boed/test_acquisition.py's batch-vs-alone check (that test
+    loops over the policies that need no network trained for its grid)."""
+    from boed.policies import BatchState, choose_batch
+
+    out, _ = checkpoint
+    clf, _ = parts
+    policy = get_policy("amortized", amortized_checkpoint=str(out))
+    cand = CandidateGrid.from_grid(8, 4, GRID)
+    scanned = [[], [0], [5, 6]]
+    mask = torch.zeros(3, 1, 8, 8)
+    for b, cs in enumerate(scanned):
+        for c in cs:
+            mask[b, 0] = torch.maximum(mask[b, 0], cand.masks[c])
+    observed = world.images[:3] * mask
+    state = BatchState(
+        step=1, observed=observed, mask=mask, candidates=cand, scanned=scanned,
+        generators=[None] * 3, classifier=clf,
+    )  # fmt: skip
+    together = choose_batch(policy, state).tolist()
+    assert together == [policy.choose(state.episode(b)) for b in range(3)]
+    assert together[1] != 0  # seen: not chosen again
+
+
 def test_policy_refuses_bad_checkpoints_and_grids(tmp_path, checkpoint):
     out, _ = checkpoint
     with pytest.raises(BoedError, match="--amortized-checkpoint"):
