@@ -21,7 +21,7 @@ Writes ``--json`` (default ``benchmarks/results/eval_500.json``) with the config
 checkpoints' sha256, the per-policy summary with CIs, the paired table and the verdicts.
 
     .venv/bin/python benchmarks/eval_500.py [--images 500] [--batch-episodes 8] [--threads 1]
-        [--store /tmp/eval_500.db] [--resume] [--analyse-only]
+        [--store runs/eval_500.db] [--resume] [--analyse-only]
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def main() -> None:
         "--sampler-checkpoint", default=None, help="AIPO checkpoint (default: the shipped one)"
     )
     parser.add_argument(
-        "--store", default="/tmp/eval_500.db", help="SQLite file of the run (kept on interruption)"
+        "--store", default="runs/eval_500.db", help="SQLite file of the run (kept on interruption)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the last run in --store")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the last run in --store")
@@ -197,7 +197,7 @@ def main() -> None:
     if not args.analyse_only:
         dataset = open_dataset(args.images_source, split="test", size=64, n=args.images, seed=args.seed)
         if args.first_completions is None:  # as `boed simulate`: the preset's default (cpu: 200)
-            args.first_completions = getattr(sim, "FIRST_COMPLETIONS", {}).get("cpu")
+            args.first_completions = sim.FIRST_COMPLETIONS.get("cpu")
         config = sim.SimulationConfig(
             images=args.images_source,
             n_images=args.images,

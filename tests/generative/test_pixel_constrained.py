@@ -284,12 +284,8 @@ def _shipped():
     from boed.runtime.checkpoints import checkpoint_paths
     from generative.registry import shipped_checkpoint
 
-    try:
-        path = shipped_checkpoint("cpu", "pixel-constrained")
-    except SamplerError:
-        pytest.skip("pixel-constrained has no shipped checkpoint")
-    if not checkpoint_paths(path)[1].is_file():
-        pytest.skip("no shipped pixel-constrained checkpoint")
+    path = shipped_checkpoint("cpu", "pixel-constrained")  # ships with the package: its absence fails
+    assert checkpoint_paths(path)[1].is_file(), f"{path}: the shipped weights are missing"
     return path, checkpoint_paths(path)
 
 
