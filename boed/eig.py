@@ -297,18 +297,24 @@ def view_representatives(
     if n < 2 or masks.shape[0] == 0:
         return rep
     flat = images.flatten(1)  # (N, P)
+    pixels, shown = flat.shape[1], base.flatten()
     i, j = torch.triu_indices(n, n, 1, device=device)  # pairs i < j
-    keep = ~((flat[i] != flat[j]) & base.flatten()).any(1)  # pairs that differ where every view looks
-    i, j = i[keep], j[keep]
-    if i.numel() == 0:
-        return rep
-    views = masks.flatten(1).to(flat.dtype)  # (U, P)
+    views = masks.flatten(1)  # (U, P) bool
+    # a pair can agree on view u only if its differing pixels avoid u: at most P - |u| of them
+    most_differing = pixels - int(views.sum(1).min())
+    views = views.to(flat.dtype)
     equal = torch.zeros(n, n, masks.shape[0], dtype=torch.bool, device=device)  # [i, j, u]
-    step = max(1, memory_budget // (flat.shape[1] * flat.element_size()))
+    step = max(1, memory_budget // (pixels * flat.element_size()))
     for s in range(0, i.numel(), step):
         a, b = i[s : s + step], j[s : s + step]
-        differ = (flat[a] != flat[b]).to(flat.dtype)  # (Q, P) 0/1: exact counts in float32 < 2^24
-        equal[a, b] = (differ @ views.T) == 0  # (Q, U): no differing pixel inside the view
+        differ = flat[a] != flat[b]  # (Q, P)
+        # pairs differing where every view looks, or in too many pixels, agree on no view
+        possible = ~(differ & shown).any(1) & (differ.sum(1) <= most_differing)
+        if not bool(possible.any()):
+            continue
+        a, b = a[possible], b[possible]
+        counts = differ[possible].to(flat.dtype)  # 0/1: exact counts in float32 < 2^24
+        equal[a, b] = (counts @ views.T) == 0  # (Q, U): no differing pixel inside the view
     first = equal.int().argmax(0)  # (N, U): the first i equal to j (0 where none)
     return torch.where(equal.any(0), first, rep.T).T.contiguous()
 
