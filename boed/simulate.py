@@ -94,6 +94,9 @@ class SimulationConfig:
     # completions of the shared first decision (nothing observed, computed once per run); None:
     # n_samples, as runs were before the option (FIRST_COMPLETIONS holds the presets' defaults)
     first_completions: int | None = None
+    # the classifier's inference runtime (classifiers.runtime: eager, onnx, compile), recorded so
+    # that a run says how its decisions were computed; eager is the reference
+    runtime: str = "eager"
 
     @property
     def prior_completions(self) -> int:

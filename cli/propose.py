@@ -52,6 +52,12 @@ def propose(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the sampler draws (default 0)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch (0: torch's default)."),
+    runtime: str | None = typer.Option(
+        None,
+        "--runtime",
+        help="Classifier inference runtime: eager (the reference), onnx, compile (default: the "
+        "session's run's, else eager); see docs/performance.md.",
+    ),
 ) -> None:
     """Propose the next scan location and write the EIG map as a PNG.
 
@@ -84,6 +90,7 @@ def propose(
             "grid": grid,
             "scans_per_step": scans_per_step,
             "seed": seed,
+            "runtime": runtime,
         }
         settings = stored | {k: v for k, v in given.items() if v is not None}
         pre = get_preset(settings.get("preset") or "cpu")
@@ -185,7 +192,7 @@ def _from_session(session_id: int, db: str | None):
     run = store.get_run(record.run_id)
     config = dict(run.config)
     keys = ("preset", "sampler", "sampler_checkpoint", "classifier_checkpoint", "target", "n_samples",
-            "grid", "image_size", "patch_size", "scans_per_step", "seed")  # fmt: skip
+            "grid", "image_size", "patch_size", "scans_per_step", "seed", "runtime")  # fmt: skip
     settings = {k: config[k] for k in keys if config.get(k) is not None}
     if run.sampler and run.sampler != "none":
         settings.setdefault("sampler", run.sampler)
@@ -248,6 +255,10 @@ def _propose(settings: dict[str, Any], pre, observed, seen, device: str):
 
         raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
     clf = load_classifier(settings.get("classifier_checkpoint"), preset=pre.name, device=device)
+    if (settings.get("runtime") or "eager") != "eager":
+        from classifiers.runtime import with_runtime
+
+        clf = with_runtime(clf, settings["runtime"])
     smp = build_sampler(name, settings.get("sampler_checkpoint"), preset=pre.name, device=device)
     candidates = CandidateGrid.from_grid(pre.image_size, pre.patch_size, settings.get("grid") or pre.grid)
     controller = Controller(

@@ -343,6 +343,7 @@ def simulate(
                 scans_per_step=scans_per_step,
                 batch_episodes=batch_episodes,
                 allow_training_images=allow_training_images,
+                runtime=runtime,
                 **options,  # split_seed, max_pixels, allow_symlinks, allow_modalities, skip_bad
             )
             check_memory(config, _available_memory(dev), dev)
@@ -350,10 +351,10 @@ def simulate(
                 _check_out(out, None)
             store = _open_store(db, ranks)
         clf, smp = _load_parts(config, dev)
-        if runtime != "eager":
+        if config.runtime != "eager":  # the run's own (a resumed run keeps its runtime)
             from classifiers.runtime import with_runtime
 
-            clf = with_runtime(clf, runtime)
+            clf = with_runtime(clf, config.runtime)
         resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
         if resume is not None:
             _check_same_parts(store.get_run(resume), clf, smp)

@@ -103,6 +103,7 @@ def test_propose_from_a_simulated_session(world, tmp_path):
             "--mask small.png is 4 x 4; it must be the image's size",
         ),
         (["--image", "x.png", "--mask", "x.png", "--target", "Cancer"], "valid targets"),
+        (["--image", "x.png", "--mask", "x.png", "--runtime", "tensorrt"], "unknown --runtime 'tensorrt'"),
     ],
 )
 def test_bad_input_is_one_line(world, tmp_path, monkeypatch, args, message):

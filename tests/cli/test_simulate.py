@@ -129,6 +129,43 @@ def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
     assert store.get_run(run_id).status == "done"
 
 
+def test_the_runtime_is_recorded_and_a_resumed_run_keeps_it(toys, tmp_path, monkeypatch):
+    import boed.simulate as sim
+    import classifiers.runtime
+
+    used = []
+
+    def with_runtime(classifier, runtime="eager", precision="fp32"):
+        used.append(runtime)
+        return classifier
+
+    monkeypatch.setattr(classifiers.runtime, "with_runtime", with_runtime)
+    real = sim._one_session
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "_one_session", flaky)
+    first = runner.invoke(app, _args(tmp_path, "--no-report", "--runtime", "onnx"))
+    assert first.exit_code == 130
+    from boed.store import Store
+
+    store = Store.open(str(tmp_path / "b.db"))
+    run_id = store.latest_run_id()
+    assert store.run_config(run_id)["runtime"] == "onnx"
+    monkeypatch.setattr(sim, "_one_session", real)
+    second = runner.invoke(
+        app,
+        ["simulate", "--resume", run_id, "--db", str(tmp_path / "b.db"), "--no-report", "--device", "cpu"],
+    )
+    assert second.exit_code == 0, second.output
+    assert used == ["onnx", "onnx"]  # the resumed run's stored runtime, not the option's default
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
@@ -137,6 +174,7 @@ def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
         (["--sampler", "gan"], "valid samplers: aipo, aipo-r, vae"),
         (["--preset", "huge"], "valid presets"),
         (["--n-images", "0"], "n-images must be at least 1"),
+        (["--runtime", "tensorrt"], "unknown --runtime 'tensorrt'; valid runtimes: eager, compile, onnx"),
     ],
 )
 def test_bad_input_is_one_line(toys, tmp_path, extra, message):
