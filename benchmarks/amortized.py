@@ -15,6 +15,12 @@ In one process, on the held-out **test** split (never the images the maps were m
   ``(acc_amortized - acc_random) / (acc_boed - acc_random)``, with a paired bootstrap CI
   (the same resampled images for the three policies; undefined where BOED gains nothing).
 
+``--exact-from STORE`` takes the ``boed`` and ``random`` sessions from the last run in that store
+(``benchmarks/eval_500.py`` writes ``runs/eval_500.db``: the same test images, the same session
+seeds, batched and on ONNX Runtime) instead of running them here; the run's classifier and sampler
+must be the ones given, and only its images on which both finished are used. Only the amortised
+sessions and the latency states then run here.
+
 Sessions are cached in ``--cache`` (one JSON line each, keyed by the checkpoints' sha256, the
 seed and the settings), so the exact sessions, the expensive part, can be run first
 (``--policies boed,random``) and the whole benchmark later reuses them.
@@ -69,8 +75,8 @@ def load_cache(path: Path) -> dict[str, dict]:
     return out
 
 
-def run_sessions(args, policy_name, dataset, parts, objects, cache, cache_file) -> list[dict]:
-    """Every session of ``policy_name`` on the test images, from the cache or run now."""
+def run_sessions(args, policy_name, dataset, parts, objects, cache, cache_file, indices) -> list[dict]:
+    """The sessions of ``policy_name`` on the test images ``indices``, from the cache or run now."""
     from boed.amortized.policy import AmortizedPolicy
     from boed.policies import get_policy
     from boed.session import run_session
@@ -79,7 +85,7 @@ def run_sessions(args, policy_name, dataset, parts, objects, cache, cache_file) 
     classifier, sampler, candidates, target, prior = objects
     key = session_key(args, policy_name, parts)
     rows = []
-    for index in range(len(dataset)):
+    for index in indices:
         tag = json.dumps(key, sort_keys=True) + f"#{index}"
         if tag in cache:
             rows.append(cache[tag])
@@ -122,6 +128,55 @@ def run_sessions(args, policy_name, dataset, parts, objects, cache, cache_file) 
         rows.append(row)
         print(f"{policy_name} image {index}: {row['seconds']:.1f} s", flush=True)
     return rows
+
+
+def rows_from_store(path: str, dataset, parts: dict[str, str | None], scans: int, label: str) -> dict:
+    """``{"boed": rows, "random": rows}`` of :func:`run_sessions`'s shape from the last run in the
+    store at ``path`` (its done sessions on images of ``dataset``, in dataset order).
+
+    Raises:
+        SystemExit: an empty store, or a run made with other checkpoints (one line naming them).
+    """
+    from boed.store import Store
+
+    store = Store.open(path)
+    run_id = store.latest_run_id()
+    if run_id is None:
+        raise SystemExit(f"--exact-from {path}: no run in that store")
+    run = store.get_run(run_id)
+    for what, have in (("classifier", run.classifier_sha256), ("sampler", run.sampler_sha256)):
+        if have != parts[what]:
+            raise SystemExit(
+                f"--exact-from {path}: run {run_id} used another {what} "
+                f"(sha256 {str(have)[:12]}..., here {str(parts[what])[:12]}...)"
+            )
+    index = {str(dataset.ids[i]): i for i in range(len(dataset))}
+    preds = store.predictions(run_id, label=label)
+    steps = store.steps(run_id)
+    sessions = store.sessions(run_id)
+    sessions = sessions[(sessions["status"] == "done") & sessions["image_id"].astype(str).isin(index)]
+    out: dict[str, list[dict]] = {}
+    for policy in ("boed", "random"):
+        rows = []
+        for s in sessions[sessions["policy"] == policy].itertuples():
+            p = preds[preds["session_id"] == s.session_id].sort_values("step")
+            c = steps[steps["session_id"] == s.session_id].sort_values("step")
+            if len(p) < scans + 1:
+                continue
+            rows.append(
+                {
+                    "image_index": index[str(s.image_id)],
+                    "image_id": str(s.image_id),
+                    "truth": float(p["truth"].iloc[0]),
+                    "probs": [float(v) for v in p["prob"]],
+                    "chosen": [None if pd.isna(v) else int(v) for v in c["candidate"]],
+                    "seconds": float(s.seconds),
+                    "from": f"{path}#{run_id}",
+                }
+            )
+        out[policy] = sorted(rows, key=lambda r: r["image_index"])
+    both = {r["image_id"] for r in out["boed"]} & {r["image_id"] for r in out["random"]}
+    return {policy: [r for r in rows if r["image_id"] in both] for policy, rows in out.items()}
 
 
 def predictions_frame(rows_by_policy: dict[str, list[dict]]) -> pd.DataFrame:
@@ -249,6 +304,9 @@ def main() -> None:
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("runs/amortized-eval"))
+    parser.add_argument(
+        "--exact-from", default=None, help="take boed and random sessions from this store's last run"
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/amortized.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -296,7 +354,16 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     cache_file = args.cache / "sessions.jsonl"
     cache = load_cache(cache_file)
-    rows = {p: run_sessions(args, p, dataset, parts, objects, cache, cache_file) for p in policies}
+    rows = {}
+    if args.exact_from is not None:
+        rows = rows_from_store(args.exact_from, dataset, parts, args.scans, target.labels[0])
+        print(f"boed and random sessions on {len(rows['boed'])} images from {args.exact_from}")
+        indices = [r["image_index"] for r in rows["boed"]]
+        policies = [p for p in policies if p not in rows]
+    else:
+        indices = list(range(len(dataset)))
+    rows |= {p: run_sessions(args, p, dataset, parts, objects, cache, cache_file, indices) for p in policies}
+    policies = list(rows)
     if set(policies) != set(POLICIES):
         print(f"sessions of {', '.join(policies)} cached in {cache_file}; run all three for the figures")
         return

@@ -21,7 +21,11 @@ Writes ``--json`` (default ``benchmarks/results/eval_500.json``) with the config
 checkpoints' sha256, the per-policy summary with CIs, the paired table and the verdicts.
 
     .venv/bin/python benchmarks/eval_500.py [--images 500] [--batch-episodes 8] [--threads 1]
-        [--store runs/eval_500.db] [--resume] [--analyse-only]
+        [--runtime eager|onnx] [--store runs/eval_500.db] [--resume] [--analyse-only]
+
+``--runtime onnx`` classifies on ONNX Runtime (the decisions agree with eager PyTorch's; see
+``classifiers.runtime``), about twice as fast; the run's config records it and ``--resume`` keeps
+the run's own.
 """
 
 from __future__ import annotations
@@ -164,6 +168,9 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=17, help="candidate scan positions per side")
     parser.add_argument("--batch-episodes", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--runtime", default="eager", help="classifier runtime: eager (the reference), onnx, compile"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images-source", default="phantoms-v2")
     parser.add_argument("--classifier", default=None, help="classifier checkpoint (default: the shipped one)")
@@ -191,7 +198,12 @@ def main() -> None:
         run_id = store.latest_run_id()
         if run_id is None:
             raise SystemExit(f"{args.store}: no run to resume or analyse")
+        args.runtime = store.run_config(run_id).get("runtime", "eager")  # the run's own
     classifier = load_classifier(args.classifier, preset="cpu")
+    if args.runtime != "eager" and not args.analyse_only:
+        from classifiers.runtime import with_runtime
+
+        classifier = with_runtime(classifier, args.runtime)
     sampler = build_sampler("aipo", args.sampler_checkpoint, preset="cpu")
     seconds = None
     if not args.analyse_only:
@@ -208,6 +220,7 @@ def main() -> None:
             policies=POLICIES,
             seed=args.seed,
             batch_episodes=args.batch_episodes,
+            runtime=args.runtime,
         )
         for line in sim.check_parts(config, sampler, classifier, dataset):
             print("warning:", line, flush=True)
@@ -225,7 +238,7 @@ def main() -> None:
     result = analyse(store, run_id, args.scans)
     run = store.get_run(run_id)
     ran = run.config or {}  # what the run used (not this call's arguments, under --analyse-only)
-    for key in ("n_samples", "grid", "first_completions", "batch_episodes"):
+    for key in ("n_samples", "grid", "first_completions", "batch_episodes", "runtime"):
         setattr(args, key, ran.get(key, getattr(args, key)))
     result |= {
         "run_status": run.status,
@@ -241,6 +254,7 @@ def main() -> None:
         "first_completions": args.first_completions,
         "batch_episodes": args.batch_episodes,
         "threads": args.threads,
+        "runtime": args.runtime,
         "wall_seconds": None if seconds is None else round(seconds, 1),
         "load_average": os.getloadavg()[0],
         "machine": platform.platform(),
