@@ -1,7 +1,5 @@
-"""benchmarks/amortized.py: exact sessions taken from a store (``--exact-from``) and the share of
-BOED's gain the amortised policy keeps."""
-
-import math
+"""benchmarks/amortized.py: exact sessions taken from a store (``--exact-from``); the share of the
+gain kept is tested in tests/boed/test_amortized.py."""
 
 import pytest
 
@@ -48,23 +46,3 @@ def test_rows_from_a_store_of_other_checkpoints_are_refused(tmp_path):
         bench.rows_from_store(str(tmp_path / "e.db"), dataset, other, 2, label)
     with pytest.raises(SystemExit, match="no run in that store"):
         bench.rows_from_store(str(tmp_path / "empty.db"), dataset, dict.fromkeys(other), 2, label)
-
-
-def _rows(policy_right):
-    """Rows whose step-t prediction is right exactly for the images listed per policy."""
-    out = {}
-    for policy, right in policy_right.items():
-        out[policy] = [
-            {"image_id": f"i{i}", "truth": 1.0, "probs": [0.9 if i in right else 0.1] * 2} for i in range(10)
-        ]
-    return out
-
-
-def test_gain_kept_is_the_share_of_boed_gain():
-    rows = _rows({"random": {0, 1}, "boed": {0, 1, 2, 3, 4, 5}, "amortized": {0, 1, 2, 3, 4}})
-    kept = bench.gain_kept(rows, scans=1)
-    assert kept[1]["boed_gain"] == pytest.approx(0.4) and kept[1]["amortized_gain"] == pytest.approx(0.3)
-    assert kept[1]["share_kept"] == pytest.approx(0.75)
-    assert kept[1]["share_kept_lo"] <= 0.75 <= kept[1]["share_kept_hi"]
-    none = bench.gain_kept(_rows({"random": {0}, "boed": {0}, "amortized": {0, 1}}), scans=1)
-    assert math.isnan(none[1]["share_kept"])  # BOED gains nothing: the share is undefined

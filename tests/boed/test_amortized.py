@@ -232,6 +232,26 @@ def test_policy_scans_only_new_ground_and_stops_on_its_prediction(checkpoint, wo
     )
 
 
+def test_the_stopping_check_and_the_choice_share_one_forward_pass(checkpoint, world, parts):
+    out, _ = checkpoint
+    clf, _ = parts
+    policy = get_policy("amortized", amortized_checkpoint=str(out))
+    net = policy.network
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    cand = CandidateGrid.from_grid(8, 4, GRID)
+    image = ToyDataset(world, n=1, seed=5)[0]["img"][None]
+    result = run_session(
+        image, classifier=clf, policy=policy, candidates=cand, scans=3, stopping=StoppingRule(eig_below=-1e9)
+    )
+    assert result.scans_used == 3 and len(calls) == 3  # one forward pass per step, not two
+    mask = torch.zeros(1, 1, 8, 8)
+    first = policy.predict(image * mask, mask)
+    mask[..., :4, :4] = 1
+    second = policy.predict(image * mask, mask)  # another observation: a new pass
+    assert len(calls) == 5 and not torch.equal(first, second)
+
+
 def test_policy_chooses_over_a_batch_as_it_chooses_one_by_one(checkpoint, world, parts):
     """The amortized half of tests/boed/test_acquisition.py's batch-vs-alone check (that test
     loops over the policies that need no network trained for its grid)."""
