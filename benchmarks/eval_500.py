@@ -18,7 +18,9 @@ Targets, each checked at every number of scans k = 2..5 and printed pass / fail:
   and log loss: ``(BOED_5 − random_5) / (full − random_5) >= 0.5``.
 
 Writes ``--json`` (default ``benchmarks/results/eval_500.json``) with the configuration, the
-checkpoints' sha256, the per-policy summary with CIs, the paired table and the verdicts.
+checkpoints' sha256, the per-policy summary with CIs, the paired table, the verdicts and the
+decision diagnostics per scan (EIG standard error and the sampler-classifier gap,
+:func:`boed.report.build.decision_diagnostics`).
 
     .venv/bin/python benchmarks/eval_500.py [--images 500] [--batch-episodes 8] [--threads 1]
         [--runtime eager|onnx] [--store runs/eval_500.db] [--resume] [--analyse-only]
@@ -134,12 +136,16 @@ def analyse(store, run_id: str, scans: int = 5) -> dict:
     paired = pd.concat([paired, pd.DataFrame(extra, index=paired.index)], axis=1)
 
     checks = verdicts(summary, paired)
+    from boed.report.build import decision_diagnostics
+
+    diagnostics = decision_diagnostics(store, run_id)  # sampler-classifier gap, EIG s.e. per scan
     return {
         "n_images": len(keep),
         "target": target.name,
         "summary": json.loads(summary.to_json(orient="records")),
         "paired": json.loads(paired.to_json(orient="records")),
         "checks": json.loads(pd.DataFrame(checks).to_json(orient="records")),
+        "diagnostics": json.loads(diagnostics.to_json(orient="records")),
     }
 
 
@@ -155,6 +161,9 @@ def print_tables(result: dict) -> None:
         print(summary[cols].to_string(index=False))
         print()
         print(pd.DataFrame(result["checks"]).to_string(index=False))
+        if result.get("diagnostics"):
+            print("\ndecision diagnostics (gap = g(v | completions) - g(v | observation))")
+            print(pd.DataFrame(result["diagnostics"]).to_string(index=False))
     passed = sum(c["pass"] for c in result["checks"])
     print(f"\n{passed} of {len(result['checks'])} targets met")
 
