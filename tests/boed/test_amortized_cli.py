@@ -10,6 +10,7 @@ from cli.main import app
 CASES = [
     (["amortized-maps", "--epsilon", "1.5"], "--epsilon"),
     (["amortized-maps", "--n-images", "0"], "--n-images"),
+    (["amortized-maps", "--runtime", "tensorrt"], "unknown --runtime 'tensorrt'"),
     (["amortized-train", "--maps", "{tmp}/none"], "manifest.json"),
     (["amortized-train", "--maps", "{tmp}", "--width", "6"], "--width"),
     (["amortized-train", "--maps", "{tmp}", "--steps", "0"], "--steps"),
