@@ -136,6 +136,10 @@ class AmortizedPolicy:
                 f"{candidates.patch_size} px on {candidates.image_size} px (train one for this preset/grid)"
             )
 
+    def forget(self) -> None:
+        """Drop the kept map: the next :meth:`predict` runs the network (to time a decision)."""
+        self._last = None
+
     def predict(self, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predicted EIG ``(B, K)`` float64 (nats) of ``observed``, ``mask`` ``(B, 1, S, S)``.
 

@@ -250,6 +250,8 @@ def test_the_stopping_check_and_the_choice_share_one_forward_pass(checkpoint, wo
     mask[..., :4, :4] = 1
     second = policy.predict(image * mask, mask)  # another observation: a new pass
     assert len(calls) == 5 and not torch.equal(first, second)
+    policy.forget()
+    assert torch.equal(policy.predict(image * mask, mask), second) and len(calls) == 6
 
 
 def test_policy_chooses_over_a_batch_as_it_chooses_one_by_one(checkpoint, world, parts):
