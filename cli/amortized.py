@@ -130,7 +130,12 @@ def amortized_maps(
 
 
 def amortized_train(
-    maps: Path = typer.Option(..., "--maps", help="Folder of a map dataset (boed amortized-maps --out)."),
+    maps: list[Path] = typer.Option(
+        ...,
+        "--maps",
+        help="Folder of a map dataset (boed amortized-maps --out); repeat it to train on several "
+        "(same checkpoints and settings, e.g. other --seed).",
+    ),
     out: Path = typer.Option(
         Path("boed/amortized/weights/phantom-cpu"),
         "--out",
@@ -179,7 +184,11 @@ def amortized_train(
             seed=seed,
         )
         result = train_amortized(
-            maps, out, config, resume=resume, log=lambda line: console.print(line, highlight=False)
+            [str(m) for m in maps],
+            out,
+            config,
+            resume=resume,
+            log=lambda line: console.print(line, highlight=False),
         )
         m = result.meta["metrics"]
         console.print(

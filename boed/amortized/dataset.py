@@ -450,3 +450,48 @@ def load_maps(folder: str | Path) -> MapSet:
     tensors = {k: torch.cat(v) for k, v in rows.items()}
     prior = load_checkpoint(folder / "prior", kind=KIND).tensors["eig"]
     return MapSet(tensors, manifest, prior, seconds)
+
+
+JOINT_KEYS = ("grid", "image_size", "patch_size", "target", "n_samples", "preset", "sampler")
+"""Settings the map datasets of one training set must share (:func:`join_maps`)."""
+
+
+def join_maps(sets: list[MapSet], folders: list[str | Path]) -> MapSet:
+    """One training set from several map datasets (e.g. made with other ``--seed``s).
+
+    They must be made with the same classifier and sampler checkpoints (``parts``) and the same
+    grid, sizes, target, N, preset and sampler; the image indices of each further dataset are
+    shifted past the previous ones, so each session stays one image and the validation split
+    (:meth:`MapSet.split`) keeps whole sessions. The manifest is the first's, with ``joined``
+    listing every folder's config and dataset description.
+
+    Raises:
+        BoedError: datasets that differ (one line naming the folder and the first difference).
+    """
+    if len(sets) == 1:
+        return sets[0]
+    first = sets[0].manifest
+    for folder, other in zip(folders[1:], sets[1:], strict=True):
+        if other.manifest["parts"] != first["parts"]:
+            raise BoedError(
+                f"--maps {folder}: made with other classifier or sampler checkpoints than --maps {folders[0]}"
+            )
+        for key in JOINT_KEYS:
+            a, b = first["config"].get(key), other.manifest["config"].get(key)
+            if a != b:
+                raise BoedError(f"--maps {folder}: {key} {b!r} differs from {a!r} of --maps {folders[0]}")
+    tensors: dict[str, list[torch.Tensor]] = {k: [] for k in sets[0].tensors}
+    offset = 0
+    for one in sets:
+        for k, v in one.tensors.items():
+            tensors[k].append(v + offset if k == "image" else v)
+        offset += int(one.tensors["image"].max()) + 1
+    manifest = dict(first) | {
+        "joined": [
+            {"folder": str(f), "config": m.manifest["config"], "dataset": m.manifest.get("dataset")}
+            for f, m in zip(folders, sets, strict=True)
+        ]
+    }
+    joined = {k: torch.cat(v) for k, v in tensors.items()}
+    return MapSet(joined, manifest, sets[0].prior, sum(m.seconds for m in sets))
+

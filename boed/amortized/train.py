@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from boed.amortized.dataset import MapSet, load_maps
+from boed.amortized.dataset import MapSet, join_maps, load_maps
 from boed.amortized.model import EIGMapNet, EIGNetConfig
 from boed.errors import BoedError
 
@@ -146,7 +146,7 @@ def _tensors(maps: MapSet, rows: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def train_amortized(
-    maps_folder: str | Path,
+    maps_folder: str | Path | list[str | Path],
     out: str | Path,
     config: AmortizedTrainConfig | None = None,
     *,
@@ -154,7 +154,8 @@ def train_amortized(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> AmortizedTrainResult:
-    """Train the value network on the maps in ``maps_folder`` and write ``out`` (module docstring)."""
+    """Train the value network on the maps in ``maps_folder`` (one folder, or a list of folders
+    joined by :func:`boed.amortized.dataset.join_maps`) and write ``out`` (module docstring)."""
     from boed.runtime.checkpoints import CheckpointError, checkpoint_paths, save_checkpoint
     from boed.runtime.data import EpochBatches
     from boed.runtime.resume import load_resume, save_resume
@@ -164,7 +165,9 @@ def train_amortized(
     t_start = time.perf_counter()
     config = config or AmortizedTrainConfig()
     out = checkpoint_paths(out)[0].with_suffix("")
-    maps = load_maps(maps_folder)
+    folders = list(maps_folder) if isinstance(maps_folder, (list, tuple)) else [maps_folder]
+    maps = join_maps([load_maps(f) for f in folders], folders)
+    maps_folder = ", ".join(str(f) for f in folders)
     mc = maps.manifest["config"]
     train_rows, val_rows = maps.split(config.val_images_every)
     if len(train_rows) == 0 or len(val_rows) == 0:
@@ -299,6 +302,7 @@ def train_amortized(
         "maps": {
             "config": mc,
             "dataset": maps.manifest.get("dataset"),
+            **({"joined": maps.manifest["joined"]} if "joined" in maps.manifest else {}),
             "n_maps": len(maps),
             "generation_seconds": round(maps.seconds, 1),
         },

@@ -114,6 +114,33 @@ def test_other_settings_or_checkpoints_in_the_same_folder_are_refused(maps_dir, 
         generate_maps(maps_dir, config(), sampler=smp, classifier=other, dataset=ds)
 
 
+def test_map_datasets_of_other_seeds_join_and_others_are_refused(tmp_path, maps_dir, world, parts):
+    from boed.amortized.dataset import join_maps, load_maps
+
+    clf, smp = parts
+    second = tmp_path / "seed1"
+    generate_maps(second, config(seed=1), sampler=smp, classifier=clf, dataset=TrainSplit(world, n=10))
+    a, b = load_maps(maps_dir), load_maps(second)
+    joined = join_maps([a, b], [maps_dir, second])
+    assert len(joined) == len(a) + len(b)
+    images = joined.tensors["image"]
+    assert set(images[: len(a)].tolist()).isdisjoint(images[len(a) :].tolist())  # one session, one image
+    assert torch.equal(joined.tensors["eig"][len(a) :], b.tensors["eig"])
+    train_rows, val_rows = joined.split(10)
+    assert len(val_rows) > len(a.split(10)[1])  # the second dataset adds validation sessions
+    assert [j["folder"] for j in joined.manifest["joined"]] == [str(maps_dir), str(second)]
+    other_clf = BayesClassifier(world)
+    other_clf.sha256 = "d" * 64
+    third = tmp_path / "other"
+    generate_maps(third, config(), sampler=smp, classifier=other_clf, dataset=TrainSplit(world, n=10))
+    with pytest.raises(BoedError, match="other classifier or sampler checkpoints"):
+        join_maps([a, load_maps(third)], [maps_dir, third])
+    fourth = tmp_path / "n8"
+    generate_maps(fourth, config(n_samples=8), sampler=smp, classifier=clf, dataset=TrainSplit(world, n=10))
+    with pytest.raises(BoedError, match="n_samples 8 differs from 4"):
+        join_maps([a, load_maps(fourth)], [maps_dir, fourth])
+
+
 def test_held_out_images_are_refused(tmp_path, world, parts):
     clf, smp = parts
 
