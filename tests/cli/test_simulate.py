@@ -96,7 +96,8 @@ def test_simulate_end_to_end_and_report(toys, tmp_path):
     )
 
 
-def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
+def _interrupt_at(monkeypatch, n: int):
+    """Ctrl-C at the ``n``-th session; returns the real session function, to put back."""
     import boed.simulate as sim
 
     real = sim._one_session
@@ -104,11 +105,18 @@ def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sim, "_one_session", flaky)
+    return real
+
+
+def test_resume_completes_without_duplicates(toys, tmp_path, monkeypatch):
+    import boed.simulate as sim
+
+    real = _interrupt_at(monkeypatch, 6)
     first = runner.invoke(app, _args(tmp_path, "--no-report"))
     assert first.exit_code == 130
     assert "boed simulate --resume" in first.stderr.replace("\n", "")
@@ -140,16 +148,7 @@ def test_the_runtime_is_recorded_and_a_resumed_run_keeps_it(toys, tmp_path, monk
         return classifier
 
     monkeypatch.setattr(classifiers.runtime, "with_runtime", with_runtime)
-    real = sim._one_session
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sim, "_one_session", flaky)
+    real = _interrupt_at(monkeypatch, 3)
     first = runner.invoke(app, _args(tmp_path, "--no-report", "--runtime", "onnx"))
     assert first.exit_code == 130
     from boed.store import Store
