@@ -209,7 +209,7 @@ def main() -> None:
             raise SystemExit(f"{args.store}: no run to resume or analyse")
         args.runtime = store.run_config(run_id).get("runtime", "eager")  # the run's own
     classifier = load_classifier(args.classifier, preset="cpu")
-    if args.runtime != "eager" and not args.analyse_only:
+    if not args.analyse_only:
         from classifiers.runtime import with_runtime
 
         classifier = with_runtime(classifier, args.runtime)

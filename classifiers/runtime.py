@@ -136,7 +136,8 @@ def with_runtime(
 ) -> PartialClassifier | RuntimeClassifier:
     """``classifier`` with ``predict`` on ``runtime`` (see the module docstring).
 
-    ``eager`` with ``fp32`` returns ``classifier`` itself (the reference).
+    ``eager`` with ``fp32`` returns ``classifier`` itself (the reference), whatever classifier it is,
+    so callers pass the user's ``--runtime`` through without a case of their own.
 
     Raises:
         ClassifierError: an unknown runtime or precision, ``bf16`` with ``onnx``, or a runtime
@@ -148,6 +149,8 @@ def with_runtime(
         raise ClassifierError(f"unknown --precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if isinstance(classifier, RuntimeClassifier):
         classifier = classifier.base
+    if runtime == "eager" and precision == "fp32":
+        return classifier
     if not isinstance(classifier, PartialClassifier):
         raise ClassifierError(
             f"--runtime {runtime} needs an AVP-CNN classifier, got {type(classifier).__name__}"

@@ -92,10 +92,9 @@ def amortized_maps(
         except (ValueError, RuntimeError) as exc:
             raise BoedError(str(exc)) from None
         clf = load_classifier(classifier, preset=pre.name, device=dev)
-        if runtime != "eager":
-            from classifiers.runtime import with_runtime
+        from classifiers.runtime import with_runtime
 
-            clf = with_runtime(clf, runtime)
+        clf = with_runtime(clf, runtime)
         resolve_target(target, list(clf.labels))
         smp = build_sampler(sampler, sampler_checkpoint, preset=pre.name, device=dev)
         dataset = open_dataset(images, split="train", size=pre.image_size, n=n_images, seed=seed)

@@ -255,10 +255,9 @@ def _propose(settings: dict[str, Any], pre, observed, seen, device: str):
 
         raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
     clf = load_classifier(settings.get("classifier_checkpoint"), preset=pre.name, device=device)
-    if (settings.get("runtime") or "eager") != "eager":
-        from classifiers.runtime import with_runtime
+    from classifiers.runtime import with_runtime
 
-        clf = with_runtime(clf, settings["runtime"])
+    clf = with_runtime(clf, settings.get("runtime") or "eager")
     smp = build_sampler(name, settings.get("sampler_checkpoint"), preset=pre.name, device=device)
     candidates = CandidateGrid.from_grid(pre.image_size, pre.patch_size, settings.get("grid") or pre.grid)
     controller = Controller(

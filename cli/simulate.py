@@ -351,10 +351,9 @@ def simulate(
                 _check_out(out, None)
             store = _open_store(db, ranks)
         clf, smp = _load_parts(config, dev)
-        if config.runtime != "eager":  # the run's own (a resumed run keeps its runtime)
-            from classifiers.runtime import with_runtime
+        from classifiers.runtime import with_runtime
 
-            clf = with_runtime(clf, config.runtime)
+        clf = with_runtime(clf, config.runtime)  # the run's own (a resumed run keeps its runtime)
         resolve_target(config.target, list(clf.labels))  # the classifier's labels, before the data loads
         if resume is not None:
             _check_same_parts(store.get_run(resume), clf, smp)

@@ -27,6 +27,10 @@ def _inputs(n, size=32, seed=0):
 def test_eager_fp32_is_the_classifier_itself():
     clf = _tiny()
     assert with_runtime(clf, "eager") is clf
+    other = object()  # any Classifier: the reference needs no AVP-CNN; another runtime does
+    assert with_runtime(other, "eager") is other
+    with pytest.raises(ClassifierError, match="--runtime onnx needs an AVP-CNN classifier"):
+        with_runtime(other, "onnx")
 
 
 @pytest.mark.parametrize("n,chunk", [(1, None), (7, 3), (40, 16)])
