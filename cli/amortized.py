@@ -194,6 +194,12 @@ def amortized_train(
             f"validation: top-1 {m['top1']:.2f}, within 2 se of the exact best {m['within_2se']:.2f}, "
             f"regret {m['regret']:.4f} nats ({m['regret_vs_random']:.2f} of random's)"
         )
+        for step, sm in sorted(m["by_step"].items(), key=lambda kv: int(kv[0])):
+            console.print(
+                f"  decision {step} ({sm['maps']} maps): top-1 {sm['top1']:.2f}, "
+                f"within 2 se {sm['within_2se']:.2f}, regret {sm['regret_vs_random']:.2f} of random's",
+                highlight=False,
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,10 @@ Validation: the sessions of every 10th training image (whole sessions), scored e
 ``val_every`` steps; the weights with the lowest validation loss are kept. Metrics: loss, MSE
 (nats^2), top-1 agreement with the exact argmax, mean regret ``e[argmax e] - e[argmax f]`` (nats)
 and its share of the random policy's regret, and the share of maps whose pick lies within two
-standard errors of the exact best (as good as the exact controller can tell).
+standard errors of the exact best (as good as the exact controller can tell); the checkpoint
+keeps them for all validation maps and, under ``by_step``, for the maps of each decision step
+(step 2: the choice of the second scan), since a network can be good on average and poor at one
+step.
 
 Files for ``--out CKPT``: ``CKPT.safetensors`` + ``CKPT.json`` (kind ``amortized-eig``: config,
 the classifier's and sampler's sha256 the maps were made with, the map dataset's description,
@@ -288,7 +291,14 @@ def train_amortized(
     final.eval()
     with torch.inference_mode():
         pred = predict(final)
+    val_steps = maps.tensors["step"][val_rows]
     metrics = decision_metrics(pred, val_t["eig"], val_t["stderr"], val_rev) | {
+        "by_step": {
+            str(int(k)): decision_metrics(pred[rows], val_t["eig"][rows], val_t["stderr"][rows], val_rev[rows])
+            | {"maps": int(rows.sum())}
+            for k in val_steps.unique()
+            for rows in [val_steps == k]
+        },
         "val_loss": best_metrics.get("val_loss"),
         "selected_step": best_metrics.get("step"),
         "val_maps": len(val_rows),

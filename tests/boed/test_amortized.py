@@ -220,6 +220,14 @@ def test_training_writes_a_checkpoint_for_the_parts_it_imitates(checkpoint):
     assert out.with_name("amortized.train.json").is_file()  # resume pair
     net, _ = load_network(out)
     assert net.config.width == 8
+    # per-step validation: every step of the sessions, and together they are the whole validation set
+    metrics = meta["metrics"]
+    by_step = metrics["by_step"]
+    assert sorted(by_step) == ["1", "2", "3"]
+    assert sum(m["maps"] for m in by_step.values()) == metrics["val_maps"]
+    top1 = sum(m["top1"] * m["maps"] for m in by_step.values()) / metrics["val_maps"]
+    assert top1 == pytest.approx(metrics["top1"])
+    assert by_step["1"]["maps"] == metrics["val_maps"] // 3
 
 
 def test_policy_scans_only_new_ground_and_stops_on_its_prediction(checkpoint, world, parts):
