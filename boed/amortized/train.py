@@ -294,10 +294,10 @@ def train_amortized(
     val_steps = maps.tensors["step"][val_rows]
     metrics = decision_metrics(pred, val_t["eig"], val_t["stderr"], val_rev) | {
         "by_step": {
-            str(int(k)): decision_metrics(pred[rows], val_t["eig"][rows], val_t["stderr"][rows], val_rev[rows])
-            | {"maps": int(rows.sum())}
+            str(int(k)): decision_metrics(pred[r], val_t["eig"][r], val_t["stderr"][r], val_rev[r])
+            | {"maps": int(r.sum())}
             for k in val_steps.unique()
-            for rows in [val_steps == k]
+            for r in [val_steps == k]
         },
         "val_loss": best_metrics.get("val_loss"),
         "selected_step": best_metrics.get("step"),
