@@ -21,6 +21,10 @@ seeds, batched and on ONNX Runtime) instead of running them here; the run's clas
 must be the ones given, and only its images on which both finished are used. Only the amortised
 sessions and the latency states then run here.
 
+``--amortized-first C`` (a diagnostic) starts every amortised session at candidate ``C``, e.g. the
+first scan the exact sessions made, and follows the network from the second scan on: it separates
+what the network chooses after a given first view from where its own first scan put it.
+
 Sessions are cached in ``--cache`` (one JSON line each, keyed by the checkpoints' sha256, the
 seed and the settings), so the exact sessions, the expensive part, can be run first
 (``--policies boed,random``) and the whole benchmark later reuses them.
@@ -60,7 +64,23 @@ def session_key(args, policy: str, parts: dict[str, str | None]) -> dict:
         key |= {"sampler": parts["sampler"], "n_samples": args.n_samples, "first": args.first_completions}
     if policy == "amortized":
         key |= {"amortized": parts["amortized"]}
+        if args.amortized_first is not None:
+            key |= {"first_scan": args.amortized_first}
     return key
+
+
+def start_at(policy, candidate: int):
+    """``policy`` whose first scan (an empty mask) is ``candidate`` for every episode; later scans
+    are its own. A diagnostic: amortised sessions started where the exact sessions started."""
+    choose_batch = policy.choose_batch
+
+    def first_then_own(state):
+        chosen = choose_batch(state).clone()
+        chosen[~(state.mask > 0.5).flatten(1).any(1).cpu()] = int(candidate)
+        return chosen
+
+    policy.choose_batch = first_then_own
+    return policy
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -97,6 +117,8 @@ def run_sessions(args, policy_name, dataset, parts, objects, cache, cache_file, 
             if policy_name == "amortized"
             else get_policy(policy_name)
         )
+        if policy_name == "amortized" and args.amortized_first is not None:
+            policy = start_at(policy, args.amortized_first)
         generator = torch.Generator().manual_seed(session_seed(args.seed, index, policy_name))
         t0 = time.perf_counter()
         result = run_session(
@@ -300,6 +322,13 @@ def main() -> None:
     parser.add_argument("--classifier", default=None)
     parser.add_argument("--sampler-checkpoint", default=None)
     parser.add_argument("--amortized-checkpoint", default=None)
+    parser.add_argument(
+        "--amortized-first",
+        type=int,
+        default=None,
+        help="diagnostic: start every amortised session at this candidate (e.g. the exact sessions' "
+        "first scan), then follow the network",
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--latency-states", type=int, default=5)
     parser.add_argument("--latency-repeats", type=int, default=20)

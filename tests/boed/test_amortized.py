@@ -390,3 +390,18 @@ def test_share_of_the_gain_kept_by_hand():
     assert math.isnan(out[0]["share_kept"])  # no scan: nobody gains, the share is undefined
     assert out[1]["share_kept"] == pytest.approx(0.5) and out[1]["boed_gain"] == pytest.approx(0.4)
     assert out[1]["share_kept_lo"] <= 0.5 <= out[1]["share_kept_hi"]
+
+
+def test_the_diagnostic_start_scans_the_given_candidate_first_and_then_follows_the_policy():
+    from types import SimpleNamespace
+
+    from benchmarks.amortized import start_at
+
+    class Own:
+        def choose_batch(self, state):
+            return torch.full((state.mask.shape[0],), 7, dtype=torch.long)
+
+    policy = start_at(Own(), 3)
+    empty, seen = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    seen[0, 0, 1, 1] = 1
+    assert policy.choose_batch(SimpleNamespace(mask=torch.cat([empty, seen, empty]))).tolist() == [3, 7, 3]
