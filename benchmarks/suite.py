@@ -615,6 +615,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--item", default=None, help=argparse.SUPPRESS)  # one item, in a subprocess
     parser.add_argument("--item-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from boed.runtime.devices import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))  # one line, before any item starts
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.loop_candidates = args.loop_candidates or (12 if args.quick else 60)
     if args.item:

@@ -641,7 +641,7 @@ def _device(name: str) -> str:
     try:
         return str(resolve_device(name))
     except (ValueError, RuntimeError) as exc:
-        raise BoedError(f"--device {name}: {exc}") from None
+        raise BoedError(str(exc)) from None
 
 
 def _check_same_parts(run: Any, classifier: Any, sampler: Any) -> None:

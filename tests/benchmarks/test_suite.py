@@ -62,3 +62,11 @@ def test_unknown_item_is_refused(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--only", "nonsense", "--out", "unused"])
     assert "unknown item 'nonsense'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_any_item(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        suite.main(["--device", "cuda", "--only", "decision-paper", "--out", str(tmp_path)])
+    assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written

@@ -72,6 +72,18 @@ def test_unknown_sampler_is_a_clean_error(tmp_path):
     assert "aipo, aipo-r, vae" in result.stderr
 
 
+def test_a_device_that_is_not_there_is_a_clean_error(tmp_path):
+    for device, why in (("tpu", "not a device"), ("cuda", "CUDA is not available")):
+        if device == "cuda" and __import__("torch").cuda.is_available():
+            continue
+        result = runner.invoke(
+            app, ["train-sampler", "--preset", "tiny", "--device", device, "--out", str(tmp_path / "x")]
+        )
+        assert result.exit_code == 2, result.output
+        assert f"--device {device}: {why}" in result.stderr and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_checkpoint_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["evaluate-sampler", str(tmp_path / "nope"), "--no-classifier"])
     assert result.exit_code == 2
