@@ -120,8 +120,10 @@ def main() -> None:
         ("max |EIG batched - loop|", f"{record['max_abs_eig_difference']:.2e} nats"),
         ("target", "<= 2 s per decision"),
     ]
-    print(f"one scan decision, preset {args.preset}: N={pre.n_samples}, {len(grid)} candidates, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"one scan decision, preset {args.preset}: N={pre.n_samples}, {len(grid)} candidates, "
+        f"{torch.get_num_threads()} threads"
+    )
     for note in notes:
         print(f"  {note}")
     width = max(len(k) for k, _ in rows)

@@ -494,4 +494,3 @@ def join_maps(sets: list[MapSet], folders: list[str | Path]) -> MapSet:
     }
     joined = {k: torch.cat(v) for k, v in tensors.items()}
     return MapSet(joined, manifest, sets[0].prior, sum(m.seconds for m in sets))
-
