@@ -180,9 +180,9 @@ def evaluate_samplers_command(
                 if m.strip() and engine.normalise_setting(m) not in engine.SQUARE_SETTINGS
             ),
         )
+        dev = _device(device)
         out.mkdir(parents=True, exist_ok=True)
         _set_threads(threads)
-        dev = _device(device)
         ranks, dev = _join_ranks(dev)  # under torchrun: this rank's share of the chunks
         clf = load_classifier(classifier, preset=preset, device=dev)
         tgt = resolve_target(target, list(clf.labels))
