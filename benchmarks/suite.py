@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         resolve_device(args.device)
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         parser.error(str(exc))  # one line, before any item starts
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.loop_candidates = args.loop_candidates or (12 if args.quick else 60)

@@ -269,7 +269,7 @@ def load_classifier(
 
         try:
             device = resolve_device(device)
-        except (ValueError, RuntimeError) as exc:
+        except ValueError as exc:
             raise ClassifierError(str(exc)) from exc
     if path is None:
         path = shipped_checkpoint(preset)

@@ -287,7 +287,7 @@ def train_classifier(
 
     try:
         dev = resolve_device(device)
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         raise ClassifierError(str(exc)) from exc
     if dev.type == "cpu" and tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)

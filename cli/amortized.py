@@ -56,7 +56,6 @@ def amortized_maps(
         from boed.amortized.dataset import MapConfig, generate_maps
         from boed.config import get_preset
         from boed.eig import resolve_target
-        from boed.errors import BoedError
         from boed.runtime.devices import resolve_device
         from boed.simulate import check_provenance
         from classifiers import load_classifier
@@ -87,10 +86,7 @@ def amortized_maps(
             from generative.errors import SamplerError
 
             raise SamplerError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-        try:
-            dev = str(resolve_device(device))
-        except (ValueError, RuntimeError) as exc:
-            raise BoedError(str(exc)) from None
+        dev = str(resolve_device(device))
         clf = load_classifier(classifier, preset=pre.name, device=dev)
         from classifiers.runtime import with_runtime
 

@@ -166,12 +166,7 @@ def train_sampler_command(
         )
         if threads:
             torch.set_num_threads(threads)
-        try:
-            dev = resolve_device(device)
-        except ValueError as exc:
-            from generative.errors import SamplerError
-
-            raise SamplerError(str(exc)) from None
+        dev = resolve_device(device)
         dist = init_distributed(dev)
         if dev.type == "cuda" and dist.enabled:
             dev = torch.device("cuda", dist.local_rank)

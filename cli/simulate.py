@@ -635,13 +635,9 @@ def _set_threads(threads: int) -> None:
 
 
 def _device(name: str) -> str:
-    from boed.errors import BoedError
     from boed.runtime.devices import resolve_device
 
-    try:
-        return str(resolve_device(name))
-    except (ValueError, RuntimeError) as exc:
-        raise BoedError(str(exc)) from None
+    return str(resolve_device(name))
 
 
 def _check_same_parts(run: Any, classifier: Any, sampler: Any) -> None:

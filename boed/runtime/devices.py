@@ -6,17 +6,24 @@ from dataclasses import dataclass
 
 import torch
 
+from boed.errors import BoedError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` are taken as given."""
+    """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` are taken as given.
+
+    Raises:
+        BoedError: (a ``ValueError``) a misspelt device or CUDA on a machine without it, one line
+            naming ``--device``, which every CLI command shows as it is.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise BoedError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise BoedError(f"--device {name}: CUDA is not available on this machine")
     return device
 
 
