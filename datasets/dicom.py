@@ -219,12 +219,13 @@ def _check_truncation(ds, path: Path, size: int) -> None:
 
 
 def _text(value) -> str:
-    """A header value as one string (first of a multi-value)."""
+    """A header value as one line (first of a multi-value; runs of whitespace, line breaks of a
+    damaged header included, become one space, so a message quoting it stays one line)."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = value[0] if len(value) else ""
-    return str(value).strip()
+    return " ".join(str(value).split())
 
 
 def _sop_class(ds) -> tuple[str, str]:

@@ -1,5 +1,7 @@
 """DICOM reading against hand-computed values; files are written here with pydicom."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -162,6 +164,25 @@ def test_non_image_object_refused(tmp_path):
         DatasetError, match=r"report\.dcm: no pixel data: not an image object \(Basic Text SR"
     ):
         read_dicom(path)
+
+
+def test_a_damaged_header_value_is_quoted_on_one_line(tmp_path):
+    # a SOP Class UID with a line break inside (a mutation the fuzz test found) stays one line
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1  \nX"
+    ds.SOPInstanceUID = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta = meta
+    path = tmp_path / "damaged.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UID it writes
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DatasetError) as info:
+        read_dicom(path)
+    assert "\n" not in str(info.value) and "damaged.dcm" in str(info.value)
 
 
 def test_colour_refused(tmp_path):
